@@ -124,6 +124,144 @@ def crds(
         out.print(f"wrote {path}", markup=False)
 
 
+@app.command()
+def usage(
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only the last DURATION (7d, 12h, 30m, 2w) or since an ISO time. Default: all."),
+    ] = None,
+    by: Annotated[
+        str, typer.Option("--by", help="Group by queue (LocalQueue), namespace, flavor, cluster-queue or workload-type.")
+    ] = "queue",
+    ledger: Annotated[
+        str | None,
+        typer.Option(
+            "--ledger",
+            help="Ledger database: SQLAlchemy URL (postgresql+psycopg://...) or SQLite file.",
+            show_default="sqlite:///tessera-ledger.sqlite",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout instead of a table.")] = False,
+) -> None:
+    """GPU-hours, other resource-hours and admissions/preemptions/evictions/completions from the usage ledger."""
+    import json
+    import time
+    from datetime import datetime, timezone
+
+    from rich.table import Table
+    from rich.text import Text
+
+    from quotas.duration import parse_duration
+    from quotas.ledger import Ledger, LedgerError, UsageRow, ledger_url, normalize_group_by, sqlite_path
+
+    now = time.time()
+    since_at: float | None = None
+    if since is not None:
+        try:
+            seconds = parse_duration(since.strip())
+        except ValueError:
+            try:
+                moment = datetime.fromisoformat(since.strip())
+            except ValueError:
+                fail(f"--since: not a duration such as 7d, 12h or 30m, nor an ISO time: {since!r}")
+            since_at = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+        else:
+            if seconds < 0:
+                fail(f"--since: must not be negative: {since!r}")
+            since_at = now - seconds
+    try:
+        group = normalize_group_by(by)
+    except ValueError as exc:
+        fail(f"--by: {exc}")
+
+    url = ledger_url(ledger)
+    rows: list[UsageRow] = []
+    try:
+        path = sqlite_path(url)
+        if path is None or path.exists():
+            with Ledger(url) as db:
+                shown = db.display_url
+                rows = db.usage(since=since_at, by=group, now=now)
+        else:
+            shown = str(path)  # no file yet: an empty ledger, and nothing is created
+    except LedgerError as exc:
+        fail(f"--ledger: {exc}")
+    total = UsageRow.total(rows)
+
+    if as_json:
+        document = {
+            "ledger": shown,
+            "by": group,
+            "since": since_at,
+            "now": now,
+            "rows": [row.to_dict() for row in rows],
+            "total": total.to_dict(),
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return
+
+    def when(seconds: float) -> str:
+        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    window = f"since {when(since_at)}" if since_at is not None else "all time"
+    if not rows:
+        out.print(f"no usage recorded ({window}) in {shown}", markup=False)
+        return
+
+    bytes_like = ("memory", "ephemeral-storage")
+    resources = sorted({name for row in rows for name in row.resource_seconds})
+
+    def resource_header(name: str) -> str:
+        return f"{name} GiB-h" if name in bytes_like or name.startswith("hugepages-") else f"{name}-h"
+
+    def resource_hours(name: str, seconds: float) -> str:
+        hours = seconds / 3600.0
+        if name in bytes_like or name.startswith("hugepages-"):
+            hours /= 2**30
+        return f"{hours:,.2f}"
+
+    titles = {
+        "queue": "LocalQueue",
+        "namespace": "Namespace",
+        "flavor": "Flavor",
+        "cluster_queue": "ClusterQueue",
+        "workload_type": "Type",
+    }
+    table = Table(title=f"Usage by {group.replace('_', ' ')}, {window}", show_footer=len(rows) > 1)
+    table.add_column(titles[group], footer="total")
+    table.add_column("GPU-h", justify="right", footer=f"{total.gpu_hours:,.2f}")
+    table.add_column("GPU-s", justify="right", footer=f"{total.gpu_seconds:,.0f}")
+    for name in resources:
+        table.add_column(
+            resource_header(name), justify="right", footer=resource_hours(name, total.resource_seconds.get(name, 0.0))
+        )
+    for header, value in (
+        ("Admitted", total.admissions),
+        ("Preempted", total.preemptions),
+        ("Evicted", total.evictions),
+        ("Finished", total.completions),
+        ("Running", total.running),
+    ):
+        table.add_column(header, justify="right", footer=str(value))
+    for row in rows:
+        table.add_row(
+            Text(row.key if row.key is not None else "-"),
+            f"{row.gpu_hours:,.2f}",
+            f"{row.gpu_seconds:,.0f}",
+            *(resource_hours(name, row.resource_seconds.get(name, 0.0)) for name in resources),
+            str(row.admissions),
+            str(row.preemptions),
+            str(row.evictions),
+            str(row.completions),
+            str(row.running),
+        )
+    # Never truncate numbers: in a terminal cells fold onto more lines; a pipe or file gets the full width.
+    for column in table.columns:
+        column.overflow = "fold"
+    width = out.measure(table, options=out.options.update_width(100_000)).maximum
+    (out if out.is_terminal or width <= out.width else Console(width=width)).print(table)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
