@@ -262,6 +262,102 @@ def usage(
     (out if out.is_terminal or width <= out.width else Console(width=width)).print(table)
 
 
+cluster_app = typer.Typer(help="Simulated clusters: generate Node manifests.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("generate")
+def cluster_generate(
+    nodes: Annotated[int, typer.Option("--nodes", help="Number of nodes (a multiple of --racks).")],
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node (0: CPU-only nodes).")] = 8,
+    gpu_model: Annotated[
+        str, typer.Option("--gpu-model", help="GPU model, the value of the nvidia.com/gpu.product label.")
+    ] = "H100",
+    racks: Annotated[int, typer.Option("--racks", help="Racks in all (a multiple of --blocks).")] = 1,
+    blocks: Annotated[int, typer.Option("--blocks", help="Blocks (groups of racks).")] = 1,
+    cpu: Annotated[str | None, typer.Option("--cpu", help="CPU per node. Default: 16 per GPU.")] = None,
+    memory: Annotated[str | None, typer.Option("--memory", help="Memory per node. Default: 128Gi per GPU.")] = None,
+    pods: Annotated[int, typer.Option("--pods", help="Pods per node (allocatable pods).")] = 110,
+    name_prefix: Annotated[str, typer.Option("--name-prefix", help="Node names are PREFIX-NNN.")] = "node",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Write Node manifests with block, rack and GPU-model labels, spread evenly over blocks x racks."""
+    from simulator.cluster_gen import ClusterSpecError, dump_nodes, generate_nodes
+
+    try:
+        manifests = generate_nodes(nodes, gpus_per_node, gpu_model, racks, blocks, cpu, memory,
+                                   pods_per_node=pods, name_prefix=name_prefix)
+    except ClusterSpecError as exc:
+        fail(f"--{exc.option}: {exc.message}")
+    comment = (f"tessera cluster generate: {nodes} nodes x {gpus_per_node} {gpu_model} GPUs, "
+               f"{blocks} block(s) x {racks // blocks} rack(s)")
+    text = dump_nodes(manifests, comment)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"{output}: cannot write: {exc.strerror or exc}")
+    err.print(f"wrote {len(manifests)} node(s) to {output}", markup=False)
+
+
+@app.command()
+def simulate(
+    cluster: Annotated[str | None, typer.Option("--cluster", help="Node manifests (kubectl get nodes -o yaml, or tessera cluster generate).")] = None,
+    queues: Annotated[str | None, typer.Option("--queues", help="tessera.dev queue manifests, optionally with a Configuration.")] = None,
+    workload: Annotated[str | None, typer.Option("--workload", help="Job manifests, or jsonl:PATH, openb:PATH, philly:PATH, synthetic:SPEC.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="replay (default) or fill.")] = "replay",
+    policy: Annotated[str, typer.Option("--policy", help="Comma-separated policies, or all.")] = "tessera,kueue",
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the workload generator, placement ties and the solver.")] = 42,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write results.sqlite, plots and report.html here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object (DESIGN.md format).")] = False,
+) -> None:
+    """Replay a workload through scheduling policies side by side; with no inputs, the built-in default setup."""
+    import json
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from quotas.problems import ManifestError
+    from simulator.report import metrics_table, write_outputs
+    from simulator.run import load_inputs, parse_policies, run
+
+    if mode != "replay":
+        fail(f'--mode: "{mode}" is not available yet (replay is)' if mode == "fill" else f'--mode: must be replay or fill, got "{mode}"')
+    try:
+        names = parse_policies(policy)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        inputs = load_inputs(cluster, queues, workload, seed)
+    except ManifestError as exc:
+        report(exc.problems)
+        raise typer.Exit(BAD_INPUT) from None
+    horizon = max((job.submit_at for job in inputs.setup.jobs), default=0.0) or 1.0
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    ) as bar:
+        tasks = {name: bar.add_task(f"simulating {name}", total=horizon) for name in names}
+        results = run(inputs, names, lambda name, at: bar.update(tasks[name], completed=min(at, horizon)))
+    if out_dir is not None:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_outputs(out_dir, results, quotas=inputs.quotas, mode=mode, seed=seed, title="Tessera simulation",
+                          description=inputs.description)
+        except OSError as exc:
+            fail(f"{out_dir}: cannot write: {exc.strerror or exc}")
+    if as_json:
+        payload = {"results": [{"policy": r.policy, "metrics": r.metrics, "workloads": [w.as_json() for w in r.workloads]} for r in results]}
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    out.print(inputs.description, markup=False)
+    out.print(metrics_table(results))
+    if out_dir is not None:
+        out.print(f"report: {out_dir / 'report.html'}", markup=False)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

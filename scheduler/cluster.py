@@ -1,0 +1,542 @@
+"""The physical cluster as plain, mutable data: nodes, what is free on them, and on which GPU.
+
+Why a model of its own instead of the `quotas.kube.Node` manifests: the simulator binds
+thousands of pods one at a time and the policies try what-if placements, so the state must
+be cheap to change, to undo and to copy; and the solver needs integers. Every amount here
+is an int in milli-units (`quotas.units.milli`): 1 CPU = 1000, 1 GPU = 1000, 1 byte = 1000.
+
+GPUs are tracked per physical device (each device holds 1000 milli), because a fractional
+request (an openb ``gpu_milli`` share such as 500m) must land on ONE device, and a whole-GPU
+request takes whole free devices; a node with two half-used GPUs has 1000m free in total but
+cannot run a 1-GPU pod. The accelerator resources handled per device are configurable
+(``nvidia.com/gpu`` by default); every other resource is a plain counter.
+
+Each node also carries a `state_id`: an interned number for everything its fit and its
+resource scores depend on (allocatable, used, free devices up to order, pod count). Nodes in
+the same state behave the same for the same pod, which lets placement memoise filter and
+score results across nodes and across pods (the fill experiment places ~8,000 pods on
+1,213 nodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from quotas.kube import Node, Taint
+from quotas.units import MILLI, milli
+
+__all__ = [
+    "DEFAULT_ACCELERATORS",
+    "DEVICE_MILLI",
+    "GPU_RESOURCE",
+    "NONZERO_CPU",
+    "NONZERO_MEMORY",
+    "UNLIMITED",
+    "Binding",
+    "Cluster",
+    "NodeInfo",
+    "PodRequest",
+    "Trial",
+    "device_shape",
+]
+
+GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_ACCELERATORS: frozenset[str] = frozenset({GPU_RESOURCE})
+DEVICE_MILLI = MILLI
+"""Capacity of one physical accelerator device in milli-units."""
+
+UNLIMITED = 1 << 40
+"""Fit count for a pod that requests nothing a node could run out of."""
+
+# kube-scheduler's defaults for containers without requests (pkg/scheduler/util:
+# DefaultMilliCPURequest = 100m, DefaultMemoryRequest = 200Mi); used only for scoring.
+NONZERO_CPU = 100
+NONZERO_MEMORY = 200 * 1024 * 1024 * MILLI
+
+
+def device_shape(amount: int) -> tuple[int, int] | None:
+    """How a request of ``amount`` milli of an accelerator maps onto devices: (devices, milli each).
+
+    Below one device it is a share of ONE device (``500`` -> ``(1, 500)``); whole devices
+    are taken whole (``2000`` -> ``(2, 1000)``). Anything else (``1500``) cannot be placed
+    on devices and is None.
+    """
+    if amount <= 0:
+        return (0, 0)
+    if amount < DEVICE_MILLI:
+        return (1, amount)
+    if amount % DEVICE_MILLI == 0:
+        return (amount // DEVICE_MILLI, DEVICE_MILLI)
+    return None
+
+
+@dataclass(frozen=True, eq=False)
+class PodRequest:
+    """What one pod requests, in milli-units; immutable and hashable so placement can memoise on it.
+
+    ``items`` holds (resource, amount) pairs sorted by name, without zeros.
+    """
+
+    items: tuple[tuple[str, int], ...]
+    _map: dict[str, int] = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        items = tuple(sorted((name, int(amount)) for name, amount in self.items if amount))
+        for name, amount in items:
+            if amount < 0:
+                raise ValueError(f"request for {name} must not be negative, got {amount}")
+        object.__setattr__(self, "items", items)
+        object.__setattr__(self, "_map", dict(items))
+        object.__setattr__(self, "_hash", hash(items))
+
+    @classmethod
+    def of(cls, requests: Mapping[str, int] | None = None, /, **more: int) -> PodRequest:
+        """From milli amounts: ``PodRequest.of({"cpu": 4000, "nvidia.com/gpu": 500})``."""
+        merged = dict(requests or {})
+        merged.update(more)
+        return cls(tuple(merged.items()))
+
+    @classmethod
+    def from_quantities(cls, requests: Mapping[str, Decimal | int]) -> PodRequest:
+        """From Kubernetes quantities (as `quotas.kube.pod_requests` returns them)."""
+        return cls(tuple((name, milli(amount)) for name, amount in requests.items()))
+
+    def get(self, resource: str, default: int = 0) -> int:
+        return self._map.get(resource, default)
+
+    def __getitem__(self, resource: str) -> int:
+        return self._map.get(resource, 0)
+
+    def __contains__(self, resource: object) -> bool:
+        return resource in self._map
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._map)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PodRequest) and self.items == other.items
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={amount}" for name, amount in self.items)
+        return f"PodRequest({inner})"
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self._map)
+
+    def times(self, count: int) -> dict[str, int]:
+        """Requests of ``count`` such pods."""
+        return {name: amount * count for name, amount in self.items}
+
+    def nonzero(self, resource: str) -> int:
+        """The request kube-scheduler scores with: 100m CPU / 200Mi memory stand in for none."""
+        amount = self._map.get(resource, 0)
+        if amount:
+            return amount
+        if resource == "cpu":
+            return NONZERO_CPU
+        if resource == "memory":
+            return NONZERO_MEMORY
+        return 0
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One pod bound to one node, with the exact devices it took, so `Cluster.unbind` can undo it."""
+
+    node: str
+    pod: PodRequest
+    devices: tuple[tuple[str, int, int], ...] = ()
+    """(accelerator resource, device index, milli taken) for every device share the pod holds."""
+
+
+@dataclass(eq=False)
+class NodeInfo:
+    """One node: static description plus what its bound pods use (mutated only through `Cluster`)."""
+
+    name: str
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...]
+    allocatable: Mapping[str, int]
+    unschedulable: bool = False
+    ready: bool = True
+    used: dict[str, int] = field(default_factory=dict)
+    devices: dict[str, list[int]] = field(default_factory=dict)
+    """Free milli per physical device, per accelerator resource; index = device id."""
+    pod_count: int = 0
+    nonzero_cpu: int = 0
+    nonzero_memory: int = 0
+    state_id: int = -1
+
+    # --- reading -------------------------------------------------------------------------
+
+    @property
+    def schedulable(self) -> bool:
+        """Takes new pods: not cordoned and Ready (tolerations may still override, see `flavors.node_feasible`)."""
+        return not self.unschedulable and self.ready
+
+    @property
+    def max_pods(self) -> int | None:
+        pods = self.allocatable.get("pods")
+        return None if pods is None else pods // MILLI
+
+    def free(self, resource: str) -> int:
+        return self.allocatable.get(resource, 0) - self.used.get(resource, 0)
+
+    def free_devices(self, resource: str = GPU_RESOURCE) -> int:
+        """Number of completely free devices of an accelerator."""
+        return sum(1 for d in self.devices.get(resource, ()) if d == DEVICE_MILLI)
+
+    def device_count(self, resource: str = GPU_RESOURCE) -> int:
+        return len(self.devices.get(resource, ()))
+
+    def fit_failure(self, pod: PodRequest) -> str | None:
+        """Why ``pod`` does not fit here now (kube-scheduler's NodeResourcesFit wording), or None."""
+        max_pods = self.max_pods
+        if max_pods is not None and self.pod_count + 1 > max_pods:
+            return "Too many pods"
+        for resource, amount in pod.items:
+            if amount > self.allocatable.get(resource, 0) - self.used.get(resource, 0):
+                return f"Insufficient {resource}"
+            devices = self.devices.get(resource)
+            if devices is None:
+                continue
+            shape = device_shape(amount)
+            if shape is None:
+                return f"{resource} request {amount}m is neither a share of one device nor whole devices"
+            count, per = shape
+            if per < DEVICE_MILLI:
+                if not any(d >= per for d in devices):
+                    return f"Insufficient {resource}: no single device has {per}m free"
+            elif sum(1 for d in devices if d == DEVICE_MILLI) < count:
+                return f"Insufficient {resource}: fewer than {count} whole free devices"
+        return None
+
+    def fits(self, pod: PodRequest) -> bool:
+        return self.fit_failure(pod) is None
+
+    def fit_count(self, pod: PodRequest) -> int:
+        """How many more pods like ``pod`` fit here now (resources only; `UNLIMITED` if nothing binds)."""
+        n = UNLIMITED
+        max_pods = self.max_pods
+        if max_pods is not None:
+            n = max_pods - self.pod_count
+        for resource, amount in pod.items:
+            devices = self.devices.get(resource)
+            if devices is not None:
+                shape = device_shape(amount)
+                if shape is None:
+                    return 0
+                count, per = shape
+                if per < DEVICE_MILLI:
+                    n = min(n, sum(d // per for d in devices))
+                else:
+                    n = min(n, sum(1 for d in devices if d == DEVICE_MILLI) // count)
+            else:
+                n = min(n, self.free(resource) // amount)
+            if n <= 0:
+                return 0
+        return max(n, 0)
+
+    def choose_devices(self, pod: PodRequest, prefer: Mapping[str, int] | None = None) -> tuple[tuple[str, int, int], ...]:
+        """The devices a pod takes here: for a share, the device with the least free room that fits
+        (or, with ``prefer[resource]`` = a free amount, the first device with exactly that much
+        free: how a scorer such as FGD names its choice); for whole devices, the lowest free ids.
+        Raises ValueError if the pod does not fit on devices.
+        """
+        taken: list[tuple[str, int, int]] = []
+        for resource, amount in pod.items:
+            devices = self.devices.get(resource)
+            if devices is None:
+                continue
+            shape = device_shape(amount)
+            if shape is None:
+                raise ValueError(f"{resource} request {amount}m cannot be placed on devices")
+            count, per = shape
+            if per < DEVICE_MILLI:
+                want = prefer.get(resource) if prefer else None
+                best = -1
+                for idx, free in enumerate(devices):
+                    if free < per:
+                        continue
+                    if want is not None:
+                        if free == want:
+                            best = idx
+                            break
+                    elif best < 0 or free < devices[best]:
+                        best = idx
+                if best < 0 and want is not None:  # preference stale: fall back to best fit
+                    return self.choose_devices(pod, None)
+                if best < 0:
+                    raise ValueError(f"no device of {resource} on {self.name} has {per}m free")
+                taken.append((resource, best, per))
+            else:
+                ids = [idx for idx, free in enumerate(devices) if free == DEVICE_MILLI][:count]
+                if len(ids) < count:
+                    raise ValueError(f"{self.name} has fewer than {count} free {resource} devices")
+                taken.extend((resource, idx, DEVICE_MILLI) for idx in ids)
+        return tuple(taken)
+
+    def state_key(self) -> tuple[Any, ...]:
+        """Everything fit and resource scores depend on; devices as a sorted multiset (interchangeable)."""
+        alloc = tuple(sorted(self.allocatable.items()))
+        used = tuple(self.used.get(name, 0) for name, _ in alloc)
+        devs = tuple(sorted((name, tuple(sorted(frees, reverse=True))) for name, frees in self.devices.items()))
+        return (alloc, used, devs, self.pod_count, self.nonzero_cpu, self.nonzero_memory)
+
+    def gpu_summary(self, resource: str = GPU_RESOURCE) -> str:
+        """``8 GPUs, 3 free, 1 at 500m`` style text for messages."""
+        devices = self.devices.get(resource, [])
+        full = sum(1 for d in devices if d == DEVICE_MILLI)
+        partial = [d for d in devices if 0 < d < DEVICE_MILLI]
+        text = f"{len(devices)} devices, {full} free"
+        if partial:
+            text += ", partly free: " + " ".join(f"{d}m" for d in partial)
+        return text
+
+    def copy(self) -> NodeInfo:
+        """A copy sharing the static parts (labels, taints, allocatable) and owning the mutable ones."""
+        return NodeInfo(
+            name=self.name,
+            labels=self.labels,
+            taints=self.taints,
+            allocatable=self.allocatable,
+            unschedulable=self.unschedulable,
+            ready=self.ready,
+            used=dict(self.used),
+            devices={name: list(frees) for name, frees in self.devices.items()},
+            pod_count=self.pod_count,
+            nonzero_cpu=self.nonzero_cpu,
+            nonzero_memory=self.nonzero_memory,
+            state_id=self.state_id,
+        )
+
+
+@dataclass
+class Trial:
+    """Handle of one `Cluster.what_if` block."""
+
+    journal: list[tuple[str, Any]] = field(default_factory=list)
+    committed: bool = False
+
+    def commit(self) -> None:
+        """Keep what was done inside the block."""
+        self.committed = True
+
+
+def _node_ready(node: Node) -> bool:
+    for condition in node.status.conditions:
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True"
+    return True  # no conditions reported (generated manifests): assume Ready
+
+
+class Cluster:
+    """All nodes, by name in manifest order, with bind/unbind and cheap what-if.
+
+    Mutations go through `bind`, `unbind` and `cordon` so that `state_id` and the
+    caches stay right. `copy()` gives an independent cluster; `what_if()` rolls back
+    everything done inside it, which is cheaper when only a few pods are tried.
+    """
+
+    def __init__(self, nodes: Iterable[NodeInfo] = (), accelerators: Iterable[str] = DEFAULT_ACCELERATORS) -> None:
+        self.accelerators: frozenset[str] = frozenset(accelerators)
+        self.nodes: dict[str, NodeInfo] = {}
+        self._state_ids: dict[tuple[Any, ...], int] = {}
+        self._journals: list[list[tuple[str, Any]]] = []
+        self.cache: dict[Any, Any] = {}
+        """Results that depend only on labels, taints and schedulability (cleared when those change)."""
+        self.version = 0
+        """Bumped on every mutation; lets callers cache per-state results."""
+        for node in nodes:
+            self.add_node(node)
+
+    # --- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_nodes(cls, nodes: Iterable[Node], accelerators: Iterable[str] = DEFAULT_ACCELERATORS) -> Cluster:
+        """From `quotas.kube.Node` manifests: labels, taints, unschedulable, Ready and allocatable."""
+        accel = frozenset(accelerators)
+        infos = []
+        for node in nodes:
+            name = node.metadata.name
+            if not name:
+                raise ValueError("a Node without metadata.name")
+            infos.append(
+                NodeInfo(
+                    name=name,
+                    labels=dict(node.metadata.labels),
+                    taints=tuple(node.spec.taints),
+                    allocatable={res: milli(q) for res, q in node.allocatable().items() if q > 0},
+                    unschedulable=node.spec.unschedulable,
+                    ready=_node_ready(node),
+                )
+            )
+        return cls(infos, accel)
+
+    @staticmethod
+    def make_node(
+        name: str,
+        allocatable: Mapping[str, int],
+        labels: Mapping[str, str] | None = None,
+        taints: Iterable[Taint] = (),
+        unschedulable: bool = False,
+        ready: bool = True,
+    ) -> NodeInfo:
+        """A node from milli amounts (for generators and tests)."""
+        return NodeInfo(
+            name=name,
+            labels=dict(labels or {}),
+            taints=tuple(taints),
+            allocatable={res: int(v) for res, v in allocatable.items() if v > 0},
+            unschedulable=unschedulable,
+            ready=ready,
+        )
+
+    def add_node(self, node: NodeInfo) -> None:
+        if node.name in self.nodes:
+            raise ValueError(f"duplicate node {node.name}")
+        for resource in self.accelerators:
+            if resource in node.allocatable and resource not in node.devices:
+                node.devices[resource] = [DEVICE_MILLI] * (node.allocatable[resource] // DEVICE_MILLI)
+                # a node reporting a fraction of a device has only whole devices to give
+                node.allocatable = {**node.allocatable, resource: len(node.devices[resource]) * DEVICE_MILLI}
+        self.nodes[node.name] = node
+        self._restate(node)
+        self.cache.clear()
+        self.version += 1
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self) -> Iterator[NodeInfo]:
+        return iter(self.nodes.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.nodes
+
+    def node(self, name: str) -> NodeInfo:
+        return self.nodes[name]
+
+    def capacity(self, resource: str) -> int:
+        return sum(node.allocatable.get(resource, 0) for node in self.nodes.values())
+
+    def allocated(self, resource: str) -> int:
+        return sum(node.used.get(resource, 0) for node in self.nodes.values())
+
+    def free(self, resource: str) -> int:
+        return self.capacity(resource) - self.allocated(resource)
+
+    # --- mutation ----------------------------------------------------------------------------
+
+    def bind(self, node_name: str, pod: PodRequest, devices: tuple[tuple[str, int, int], ...] | None = None,
+             prefer: Mapping[str, int] | None = None) -> Binding:
+        """Bind one pod to a node and return the Binding that undoes it.
+
+        ``devices`` pins the exact device shares (as `NodeInfo.choose_devices` returns them);
+        otherwise they are chosen (see there; ``prefer`` passes a scorer's device choice).
+        Raises ValueError when the pod does not fit: callers filter first, and the cluster
+        never goes over capacity.
+        """
+        node = self.nodes[node_name]
+        reason = node.fit_failure(pod)
+        if reason is not None:
+            raise ValueError(f"pod {pod} does not fit on node {node_name}: {reason}")
+        if devices is None:
+            devices = node.choose_devices(pod, prefer)
+        else:
+            for resource, idx, amount in devices:
+                if node.devices[resource][idx] < amount:
+                    raise ValueError(f"device {resource}[{idx}] on {node_name} has less than {amount}m free")
+        self._apply(node, pod, devices, +1)
+        binding = Binding(node_name, pod, devices)
+        if self._journals:
+            self._journals[-1].append(("bind", binding))
+        return binding
+
+    def unbind(self, binding: Binding) -> None:
+        """Release what ``binding`` took (exactly those devices)."""
+        node = self.nodes[binding.node]
+        self._apply(node, binding.pod, binding.devices, -1)
+        if self._journals:
+            self._journals[-1].append(("unbind", binding))
+
+    def cordon(self, name: str, unschedulable: bool = True) -> None:
+        """Mark a node (un)schedulable, as `kubectl cordon`/`uncordon` do."""
+        node = self.nodes[name]
+        if node.unschedulable != unschedulable:
+            if self._journals:
+                self._journals[-1].append(("cordon", (name, node.unschedulable)))
+            node.unschedulable = unschedulable
+            self.cache.clear()
+            self.version += 1
+
+    @contextmanager
+    def what_if(self) -> Iterator[Trial]:
+        """Try binds, unbinds and cordons; all are rolled back when the block exits unless
+        ``trial.commit()`` was called. Nested trials roll back into their parent's state."""
+        trial = Trial()
+        self._journals.append(trial.journal)
+        try:
+            yield trial
+        finally:
+            self._journals.pop()
+            if trial.committed:
+                if self._journals:  # the enclosing trial must be able to undo these too
+                    self._journals[-1].extend(trial.journal)
+            else:
+                saved, self._journals = self._journals, []
+                try:
+                    for op, arg in reversed(trial.journal):
+                        if op == "bind":
+                            self.unbind(arg)
+                        elif op == "unbind":
+                            self.bind(arg.node, arg.pod, arg.devices)
+                        else:
+                            self.cordon(arg[0], arg[1])
+                finally:
+                    self._journals = saved
+
+    def copy(self) -> Cluster:
+        """An independent cluster in the same state (static node data and state ids are shared)."""
+        other = Cluster.__new__(Cluster)
+        other.accelerators = self.accelerators
+        other.nodes = {name: node.copy() for name, node in self.nodes.items()}
+        other._state_ids = self._state_ids
+        other._journals = []
+        other.cache = {}
+        other.version = 0
+        return other
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _apply(self, node: NodeInfo, pod: PodRequest, devices: tuple[tuple[str, int, int], ...], sign: int) -> None:
+        used = node.used
+        for resource, amount in pod.items:
+            used[resource] = used.get(resource, 0) + sign * amount
+        for resource, idx, amount in devices:
+            node.devices[resource][idx] -= sign * amount
+        node.pod_count += sign
+        node.nonzero_cpu += sign * pod.nonzero("cpu")
+        node.nonzero_memory += sign * pod.nonzero("memory")
+        self._restate(node)
+        self.version += 1
+
+    def _restate(self, node: NodeInfo) -> None:
+        key = node.state_key()
+        sid = self._state_ids.get(key)
+        if sid is None:
+            sid = self._state_ids[key] = len(self._state_ids)
+        node.state_id = sid

@@ -1,0 +1,104 @@
+"""What a scheduling cycle decides, and the one interface every policy implements.
+
+`schedule(snapshot) -> Decisions`: admissions (flavor, count, topology domain and, where
+the policy places pods itself, the node of every pod), preemptions with Kueue's reasons,
+and for every workload left pending a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from quotas.preemption import PreemptionReason
+from quotas.units import FlavorResource
+from scheduler.snapshot import PodSetPlacement, Snapshot
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Quota reserved for a pending workload; `podsets[i].nodes` is empty where kube-scheduler places later."""
+
+    key: str
+    cluster_queue: str
+    podsets: tuple[PodSetPlacement, ...]
+    usage: dict[FlavorResource, int]
+    borrows: bool = False
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """An admitted workload to evict so that `preemptor` can be admitted."""
+
+    key: str
+    preemptor: str
+    reason: PreemptionReason
+    message: str = ""
+
+
+@dataclass
+class CycleStats:
+    """How the cycle went, for metrics and benchmark tables."""
+
+    policy: str
+    seconds: float = 0.0
+    solver_status: str = ""
+    objective: float | None = None
+    bound: float | None = None
+    considered: int = 0
+
+
+@dataclass
+class Decisions:
+    admissions: list[Admission] = field(default_factory=list)
+    preemptions: list[Preemption] = field(default_factory=list)
+    pending: dict[str, str] = field(default_factory=dict)
+    """Reason per workload key left pending this cycle."""
+    stats: CycleStats = field(default_factory=lambda: CycleStats(policy=""))
+    again: bool = False
+    """The policy wants another cycle at the same instant even if nothing changed (Kueue sets an
+    inadmissible BestEffortFIFO head aside, and the next cycle looks at the workload behind it)."""
+
+
+class Policy(Protocol):
+    """A scheduling policy. `places_pods` says whether admissions carry nodes (else kube-scheduler binds)."""
+
+    name: str
+    places_pods: bool
+
+    def schedule(self, snapshot: Snapshot) -> Decisions: ...
+
+
+PolicyFactory = Callable[[], Policy]
+_POLICIES: dict[str, PolicyFactory] = {}
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    _POLICIES[name] = factory
+
+
+def policy_names() -> list[str]:
+    _load_builtin()
+    return sorted(_POLICIES)
+
+
+def make_policy(name: str) -> Policy:
+    """A fresh policy by name (`tessera`, `kueue`, `bestfit`, `fgd`, `random`); KeyError names the known ones."""
+    _load_builtin()
+    try:
+        return _POLICIES[name]()
+    except KeyError:
+        raise KeyError(f'unknown policy "{name}" (known: {", ".join(sorted(_POLICIES))})') from None
+
+
+def _load_builtin() -> None:
+    """Import the built-in policy modules, which register themselves."""
+    import importlib
+
+    for module in ("scheduler.kueue", "scheduler.solver"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise

@@ -1,0 +1,438 @@
+"""Discrete-event replay of a workload trace on a cluster, through one scheduling policy.
+
+Events are submissions, finishes, waitForPodsReady timeouts and requeue wake-ups. After
+the events of an instant, the policy runs cycles (on the same `Snapshot` type the operator
+builds) until it has nothing more to decide; its admissions reserve quota, and pods are
+bound either by the policy itself (`places_pods`) or, as on a real cluster, by a
+kube-scheduler-like binder that leaves pods Pending while they do not fit. Every policy
+replays the same setup and seed, so runs compare.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from quotas.api import ClusterQueue, Cohort, Configuration, LocalQueue, ResourceFlavor, Topology
+from quotas.kube import Node
+from quotas.preemption import PreemptionReason
+from quotas.tree import QuotaTree
+from quotas.usage import Usage
+from scheduler.cluster import GPU_RESOURCE, Binding, Cluster
+from scheduler.decisions import Admission, Decisions, Policy
+from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot
+from scheduler.workload import WorkloadInfo
+from simulator.trace import SimJob
+
+EventKind = Literal["submit", "finish", "timeout", "wake"]
+MAX_CYCLES_PER_INSTANT = 200
+
+Binder = Callable[[Snapshot, list[Admitted], random.Random], list[tuple[str, int, Binding]]]
+"""Binds what it can of the admitted workloads' unbound pods on `snapshot.cluster` (the live
+cluster), as kube-scheduler would: returns (workload key, podset index, binding)."""
+
+
+@dataclass
+class Setup:
+    """Everything a run needs besides the policy: the same for every policy compared."""
+
+    nodes: list[Node]
+    flavors: list[ResourceFlavor]
+    cluster_queues: list[ClusterQueue]
+    cohorts: list[Cohort]
+    local_queues: list[LocalQueue]
+    jobs: list[SimJob]
+    topologies: list[Topology] = field(default_factory=list)
+    config: Configuration = field(default_factory=Configuration)
+    seed: int = 0
+
+
+@dataclass
+class WorkloadRecord:
+    """The life of one workload in a run (DESIGN.md's JSON `workloads` entries, plus a few)."""
+
+    name: str
+    namespace: str
+    queue: str
+    submitted_at: float
+    cluster_queue: str | None = None
+    workload_type: str = "training"
+    gpus: float = 0.0
+    admitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    preemptions: int = 0
+    evictions: int = 0
+    flavor: str | None = None
+    nodes: list[str] = field(default_factory=list)
+    pending_reason: str = ""
+    deactivated: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "queue": self.queue,
+            "submitted_at": self.submitted_at,
+            "admitted_at": self.admitted_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "preemptions": self.preemptions,
+            "flavor": self.flavor,
+            "nodes": list(self.nodes),
+        }
+
+
+@dataclass
+class Sample:
+    """The cluster at one instant, for the time-series plots."""
+
+    at: float
+    allocated_gpus: float
+    waiting: int
+    running: int
+    usage_by_queue: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    policy: str
+    metrics: dict[str, Any]
+    workloads: list[WorkloadRecord]
+    samples: list[Sample]
+    cycle_seconds: list[float]
+    gpu_capacity: float
+
+
+@dataclass
+class _State:
+    job: SimJob
+    record: WorkloadRecord
+    epoch: int = 0
+    queued_at: float = 0.0
+    not_before: float = 0.0
+    admitted: Admitted | None = None
+    bindings: list[list[Binding]] = field(default_factory=list)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, math.ceil(q / 100 * len(ordered)) - 1)
+    return ordered[rank]
+
+
+class Simulation:
+    """One policy over one setup; `run()` returns the workloads' histories and the metrics."""
+
+    def __init__(self, setup: Setup, policy: Policy, binder: Binder | None = None,
+                 progress: Callable[[float], None] | None = None) -> None:
+        self.setup = setup
+        self.policy = policy
+        self.binder = binder
+        if not policy.places_pods and binder is None:
+            raise ValueError(f"policy {policy.name} does not place pods and no binder was given")
+        self.progress = progress
+        self.rng = random.Random(setup.seed)
+        self.cluster = Cluster.from_nodes(setup.nodes)
+        self.tree = QuotaTree(setup.cluster_queues, setup.cohorts)
+        self.usage = Usage.empty(self.tree)
+        self.local_queues = {(q.namespace, q.name): q for q in setup.local_queues}
+        self.config = setup.config
+        self.wait_for_pods_ready = self.config.wait_for_pods_ready
+        self.states: dict[str, _State] = {}
+        self.pending: dict[str, _State] = {}
+        self.admitted: dict[str, _State] = {}
+        self.events: list[tuple[float, int, EventKind, str, int]] = []
+        self._seq = 0
+        self.samples: list[Sample] = []
+        self.cycle_seconds: list[float] = []
+        self.now = 0.0
+        self.gpu_capacity = self.cluster.capacity(GPU_RESOURCE) / 1000
+        self._alloc_integral = 0.0
+        self._busy_integral = 0.0
+        self._busy_time = 0.0
+        self._last_t: float | None = None
+        for job in setup.jobs:
+            key = job.workload.key
+            if key in self.states:
+                raise ValueError(f"{job.source}: duplicate workload {key}")
+            workload = job.workload
+            record = WorkloadRecord(
+                name=workload.name,
+                namespace=workload.namespace,
+                queue=workload.local_queue,
+                submitted_at=job.submit_at,
+                cluster_queue=self._cluster_queue(workload),
+                workload_type=workload.workload_type,
+                gpus=workload.total_gpus() / 1000,
+            )
+            self.states[key] = _State(job=job, record=record)
+            self._push(job.submit_at, "submit", key, 0)
+
+    # --- events -------------------------------------------------------------------------------
+
+    def _push(self, at: float, kind: EventKind, key: str, epoch: int) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (at, self._seq, kind, key, epoch))
+
+    def _cluster_queue(self, workload: WorkloadInfo) -> str | None:
+        if workload.cluster_queue:
+            return workload.cluster_queue
+        queue = self.local_queues.get((workload.namespace, workload.local_queue))
+        return queue.spec.cluster_queue if queue else None
+
+    def run(self) -> RunResult:
+        started = time.perf_counter()
+        while self.events:
+            at = self.events[0][0]
+            self._advance(at)
+            while self.events and self.events[0][0] == at:
+                _, _, kind, key, epoch = heapq.heappop(self.events)
+                self._handle(kind, key, epoch)
+            self._schedule()
+            self._sample()
+            if self.progress:
+                self.progress(at)
+        self._advance(self.now)
+        return self._result(time.perf_counter() - started)
+
+    def _advance(self, at: float) -> None:
+        """Integrate allocation and busy time up to `at`."""
+        if self._last_t is not None and at > self._last_t:
+            span = at - self._last_t
+            allocated = self.cluster.allocated(GPU_RESOURCE) / 1000
+            self._alloc_integral += allocated * span
+            if self._waiting() > 0:
+                self._busy_integral += allocated * span
+                self._busy_time += span
+        self._last_t = at if self._last_t is None else max(self._last_t, at)
+        self.now = max(self.now, at)
+
+    def _waiting(self) -> int:
+        return len(self.pending) + sum(1 for s in self.admitted.values() if s.record.started_at is None)
+
+    def _handle(self, kind: EventKind, key: str, epoch: int) -> None:
+        state = self.states[key]
+        if kind == "submit":
+            state.queued_at = self.now
+            self.pending[key] = state
+        elif kind == "finish" and epoch == state.epoch and key in self.admitted:
+            self._release(state)
+            state.record.finished_at = self.now
+        elif kind == "timeout" and epoch == state.epoch and key in self.admitted and state.record.started_at is None:
+            self._evict_for_pods_ready(state)
+        # "wake" only makes the loop run a cycle at its time
+
+    # --- transitions ----------------------------------------------------------------------------
+
+    def _release(self, state: _State) -> None:
+        assert state.admitted is not None
+        for bindings in state.bindings:
+            for binding in bindings:
+                self.cluster.unbind(binding)
+        self.usage = self.usage.release(state.admitted.cluster_queue, dict(state.admitted.usage))
+        del self.admitted[state.job.workload.key]
+        state.admitted = None
+        state.bindings = []
+        state.epoch += 1
+
+    def _requeue(self, state: _State, backoff: float) -> None:
+        state.queued_at = self.now
+        state.not_before = self.now + backoff
+        state.record.started_at = None
+        self.pending[state.job.workload.key] = state
+        if backoff > 0:
+            self._push(state.not_before, "wake", state.job.workload.key, state.epoch)
+
+    def _evict_for_pods_ready(self, state: _State) -> None:
+        """waitForPodsReady: the pods did not all start in time; evict and requeue with backoff."""
+        self._release(state)
+        state.record.evictions += 1
+        strategy = self.wait_for_pods_ready.requeuing_strategy
+        limit = strategy.backoff_limit_count
+        if limit is not None and state.record.evictions > limit:
+            state.record.deactivated = True
+            state.record.pending_reason = f"deactivated after {state.record.evictions} evictions by waitForPodsReady"
+            return
+        backoff = min(strategy.backoff_base_seconds * 2 ** (state.record.evictions - 1), strategy.backoff_max_seconds)
+        self._requeue(state, float(backoff))
+
+    def _preempt(self, key: str, reason: PreemptionReason, preemptor: str) -> None:
+        state = self.admitted.get(key)
+        if state is None:
+            return
+        self._release(state)
+        state.record.preemptions += 1
+        state.record.pending_reason = f"preempted ({reason}) by {preemptor}"
+        self._requeue(state, 0.0)
+
+    def _admit(self, admission: Admission) -> None:
+        state = self.pending.pop(admission.key)
+        usage = dict(admission.usage)
+        self.usage = self.usage.admit(admission.cluster_queue, usage)
+        state.record.admitted_at = self.now
+        state.record.cluster_queue = admission.cluster_queue
+        flavors = sorted({f for p in admission.podsets for f in p.flavors.values()})
+        gpu_flavors = sorted({p.flavors[GPU_RESOURCE] for p in admission.podsets if GPU_RESOURCE in p.flavors})
+        state.record.flavor = (gpu_flavors or flavors or [None])[0]
+        state.bindings = []
+        placements = []
+        for placement in admission.podsets:
+            pod = next(p for p in state.job.workload.podsets if p.name == placement.name).requests
+            # A pod pinned to a node that has no room left stays Pending for the binder to retry.
+            bound = [self.cluster.bind(node, pod) for node in placement.nodes if self.cluster.node(node).fits(pod)]
+            state.bindings.append(bound)
+            placements.append(replace(placement, nodes=tuple(b.node for b in bound)))
+        state.admitted = Admitted(
+            workload=state.job.workload,
+            cluster_queue=admission.cluster_queue,
+            admitted_at=self.now,
+            usage=usage,
+            podsets=tuple(placements),
+        )
+        self.admitted[admission.key] = state
+        if self.wait_for_pods_ready.enable:
+            self._push(self.now + self.wait_for_pods_ready.timeout, "timeout", admission.key, state.epoch)
+        self._maybe_started(state)
+
+    def _maybe_started(self, state: _State) -> None:
+        assert state.admitted is not None
+        if state.record.started_at is not None or not state.admitted.placed:
+            return
+        state.record.started_at = self.now
+        state.record.nodes = sorted({b.node for bound in state.bindings for b in bound})
+        state.record.pending_reason = ""
+        if state.job.duration is not None:
+            self._push(self.now + state.job.duration, "finish", state.job.workload.key, state.epoch)
+
+    def _bind_pending_pods(self) -> None:
+        if self.binder is None:
+            return
+        waiting = [s.admitted for s in self.admitted.values() if s.admitted is not None and not s.admitted.placed]
+        if not waiting:
+            return
+        waiting.sort(key=lambda a: (a.admitted_at, a.key))
+        for key, index, binding in self.binder(self.snapshot(), waiting, self.rng):
+            state = self.admitted[key]
+            assert state.admitted is not None
+            state.bindings[index].append(binding)
+            podsets = list(state.admitted.podsets)
+            podsets[index] = replace(podsets[index], nodes=podsets[index].nodes + (binding.node,))
+            state.admitted = replace(state.admitted, podsets=tuple(podsets))
+            self._maybe_started(state)
+
+    # --- cycles ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        pending = [
+            Pending(workload=s.job.workload, queued_at=s.queued_at, requeue_count=s.record.evictions, not_before=s.not_before)
+            for s in self.pending.values()
+        ]
+        admitted = [
+            replace(s.admitted, bindings=tuple(b for bound in s.bindings for b in bound))
+            for s in self.admitted.values()
+            if s.admitted is not None
+        ]
+        return Snapshot(
+            now=self.now,
+            cluster=self.cluster,
+            tree=self.tree,
+            usage=self.usage,
+            flavors={f.name: f for f in self.setup.flavors},
+            cluster_queues={q.name: q for q in self.setup.cluster_queues},
+            local_queues=self.local_queues,
+            admitted=admitted,
+            pending=pending,
+            topologies={t.name: t for t in self.setup.topologies},
+            config=self.config,
+            seed=self.setup.seed,
+        )
+
+    def _schedule(self) -> None:
+        self._bind_pending_pods()
+        for _ in range(MAX_CYCLES_PER_INSTANT):
+            if not self.pending:
+                break
+            snapshot = self.snapshot()
+            started = time.perf_counter()
+            decisions = self.policy.schedule(snapshot)
+            self.cycle_seconds.append(time.perf_counter() - started)
+            changed = self._apply(decisions)
+            self._bind_pending_pods()
+            if not changed and not decisions.again:
+                break
+
+    def _apply(self, decisions: Decisions) -> bool:
+        for preemption in decisions.preemptions:
+            self._preempt(preemption.key, preemption.reason, preemption.preemptor)
+        for admission in decisions.admissions:
+            if admission.key in self.pending:
+                self._admit(admission)
+        for key, reason in decisions.pending.items():
+            if key in self.states:
+                self.states[key].record.pending_reason = reason
+        return bool(decisions.preemptions or decisions.admissions)
+
+    # --- results --------------------------------------------------------------------------------
+
+    def _sample(self) -> None:
+        by_queue: dict[str, float] = {}
+        for state in self.admitted.values():
+            cq = state.record.cluster_queue or "?"
+            by_queue[cq] = by_queue.get(cq, 0.0) + state.record.gpus
+        self.samples.append(
+            Sample(
+                at=self.now,
+                allocated_gpus=self.cluster.allocated(GPU_RESOURCE) / 1000,
+                waiting=self._waiting(),
+                running=sum(1 for s in self.admitted.values() if s.record.started_at is not None),
+                usage_by_queue=by_queue,
+            )
+        )
+
+    def _result(self, wall: float) -> RunResult:
+        records = [s.record for s in self.states.values()]
+        first = min((r.submitted_at for r in records), default=0.0)
+        finishes = [r.finished_at for r in records if r.finished_at is not None]
+        end = max(finishes) if finishes else self.now
+        span = max(end - first, 0.0)
+        waits = [r.started_at - r.submitted_at for r in records if r.started_at is not None]
+        jcts = [r.finished_at - r.submitted_at for r in records if r.finished_at is not None]
+        cycles_ms = [s * 1000 for s in self.cycle_seconds]
+        capacity = self.gpu_capacity
+        metrics: dict[str, Any] = {
+            "gpu_utilization": self._alloc_integral / (capacity * span) if capacity and span else 0.0,
+            "gpu_utilization_busy": self._busy_integral / (capacity * self._busy_time) if capacity and self._busy_time else 0.0,
+            "workloads": len(records),
+            "admitted": sum(1 for r in records if r.admitted_at is not None),
+            "finished": len(finishes),
+            "never_admitted": sum(1 for r in records if r.admitted_at is None),
+            "preemptions": sum(r.preemptions for r in records),
+            "evictions": sum(r.evictions for r in records),
+            "mean_wait_s": sum(waits) / len(waits) if waits else 0.0,
+            "p95_wait_s": _percentile(waits, 95),
+            "mean_jct_s": sum(jcts) / len(jcts) if jcts else 0.0,
+            "makespan_s": span,
+            "cycle_latency_p50_ms": _percentile(cycles_ms, 50),
+            "cycle_latency_p99_ms": _percentile(cycles_ms, 99),
+            "cycles": len(cycles_ms),
+            "wall_s": wall,
+        }
+        return RunResult(self.policy.name, metrics, records, self.samples, self.cycle_seconds, capacity)
+
+
+def run_policies(setup: Setup, policies: Iterable[tuple[Policy, Binder | None]],
+                 progress: Callable[[str, float], None] | None = None) -> list[RunResult]:
+    """Every policy on the same setup and seed, one after the other."""
+    results = []
+    for policy, binder in policies:
+        callback = (lambda at, name=policy.name: progress(name, at)) if progress else None
+        results.append(Simulation(setup, policy, binder, callback).run())
+    return results
