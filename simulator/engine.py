@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from quotas.admission_fair_sharing import AdmissionFairSharing
 from quotas.api import ClusterQueue, Cohort, Configuration, LocalQueue, ResourceFlavor, Topology
 from quotas.kube import Node
 from quotas.preemption import PreemptionReason
@@ -120,6 +121,19 @@ class _State:
     bindings: list[list[Binding]] = field(default_factory=list)
 
 
+def _lq_key(workload: WorkloadInfo) -> str:
+    """How admission fair sharing names a LocalQueue: `namespace/name`."""
+    return f"{workload.namespace}/{workload.local_queue}"
+
+
+def _requests(admitted: Admitted) -> dict[str, float]:
+    """What a workload holds per resource (units, not milli), as admission fair sharing charges it."""
+    totals: dict[str, float] = {}
+    for (_, resource), amount in admitted.usage.items():
+        totals[resource] = totals.get(resource, 0.0) + amount / 1000
+    return totals
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -146,6 +160,8 @@ class Simulation:
         self.local_queues = {(q.namespace, q.name): q for q in setup.local_queues}
         self.config = setup.config
         self.wait_for_pods_ready = self.config.wait_for_pods_ready
+        afs = self.config.admission_fair_sharing
+        self.fair_sharing = AdmissionFairSharing.from_config(afs) if afs is not None else None
         self.states: dict[str, _State] = {}
         self.pending: dict[str, _State] = {}
         self.admitted: dict[str, _State] = {}
@@ -238,6 +254,8 @@ class Simulation:
             for binding in bindings:
                 self.cluster.unbind(binding)
         self.usage = self.usage.release(state.admitted.cluster_queue, dict(state.admitted.usage))
+        if self.fair_sharing is not None:
+            self.fair_sharing.release(_lq_key(state.job.workload), _requests(state.admitted), at=self.now)
         del self.admitted[state.job.workload.key]
         state.admitted = None
         state.bindings = []
@@ -298,6 +316,8 @@ class Simulation:
             podsets=tuple(placements),
         )
         self.admitted[admission.key] = state
+        if self.fair_sharing is not None:
+            self.fair_sharing.admit(_lq_key(state.job.workload), _requests(state.admitted), at=self.now)
         if self.wait_for_pods_ready.enable:
             self._push(self.now + self.wait_for_pods_ready.timeout, "timeout", admission.key, state.epoch)
         self._maybe_started(state)
@@ -352,6 +372,7 @@ class Simulation:
             pending=pending,
             topologies={t.name: t for t in self.setup.topologies},
             config=self.config,
+            admission_fair_sharing=self.fair_sharing,
             seed=self.setup.seed,
         )
 
