@@ -118,7 +118,8 @@ class _State:
     queued_at: float = 0.0
     not_before: float = 0.0
     admitted: Admitted | None = None
-    bindings: list[list[Binding]] = field(default_factory=list)
+    """Current admission record; its `bindings` are every pod bound so far (kept up to date)."""
+    pending: Pending | None = None
 
 
 def _lq_key(workload: WorkloadInfo) -> str:
@@ -238,7 +239,7 @@ class Simulation:
         state = self.states[key]
         if kind == "submit":
             state.queued_at = self.now
-            self.pending[key] = state
+            self._enqueue(state)
         elif kind == "finish" and epoch == state.epoch and key in self.admitted:
             self._release(state)
             state.record.finished_at = self.now
@@ -250,22 +251,27 @@ class Simulation:
 
     def _release(self, state: _State) -> None:
         assert state.admitted is not None
-        for bindings in state.bindings:
-            for binding in bindings:
-                self.cluster.unbind(binding)
+        for binding in state.admitted.bindings:
+            self.cluster.unbind(binding)
         self.usage = self.usage.release(state.admitted.cluster_queue, dict(state.admitted.usage))
         if self.fair_sharing is not None:
             self.fair_sharing.release(_lq_key(state.job.workload), _requests(state.admitted), at=self.now)
         del self.admitted[state.job.workload.key]
         state.admitted = None
-        state.bindings = []
         state.epoch += 1
+
+    def _enqueue(self, state: _State) -> None:
+        state.pending = Pending(
+            workload=state.job.workload, queued_at=state.queued_at, requeue_count=state.record.evictions,
+            not_before=state.not_before,
+        )
+        self.pending[state.job.workload.key] = state
 
     def _requeue(self, state: _State, backoff: float) -> None:
         state.queued_at = self.now
         state.not_before = self.now + backoff
         state.record.started_at = None
-        self.pending[state.job.workload.key] = state
+        self._enqueue(state)
         if backoff > 0:
             self._push(state.not_before, "wake", state.job.workload.key, state.epoch)
 
@@ -300,13 +306,13 @@ class Simulation:
         flavors = sorted({f for p in admission.podsets for f in p.flavors.values()})
         gpu_flavors = sorted({p.flavors[GPU_RESOURCE] for p in admission.podsets if GPU_RESOURCE in p.flavors})
         state.record.flavor = (gpu_flavors or flavors or [None])[0]
-        state.bindings = []
+        bindings: list[Binding] = []
         placements = []
         for placement in admission.podsets:
             pod = next(p for p in state.job.workload.podsets if p.name == placement.name).requests
             # A pod pinned to a node that has no room left stays Pending for the binder to retry.
             bound = [self.cluster.bind(node, pod) for node in placement.nodes if self.cluster.node(node).fits(pod)]
-            state.bindings.append(bound)
+            bindings.extend(bound)
             placements.append(replace(placement, nodes=tuple(b.node for b in bound)))
         state.admitted = Admitted(
             workload=state.job.workload,
@@ -314,6 +320,7 @@ class Simulation:
             admitted_at=self.now,
             usage=usage,
             podsets=tuple(placements),
+            bindings=tuple(bindings),
         )
         self.admitted[admission.key] = state
         if self.fair_sharing is not None:
@@ -327,7 +334,7 @@ class Simulation:
         if state.record.started_at is not None or not state.admitted.placed:
             return
         state.record.started_at = self.now
-        state.record.nodes = sorted({b.node for bound in state.bindings for b in bound})
+        state.record.nodes = sorted({b.node for b in state.admitted.bindings})
         state.record.pending_reason = ""
         if state.job.duration is not None:
             self._push(self.now + state.job.duration, "finish", state.job.workload.key, state.epoch)
@@ -342,24 +349,16 @@ class Simulation:
         for key, index, binding in self.binder(self.snapshot(), waiting, self.rng):
             state = self.admitted[key]
             assert state.admitted is not None
-            state.bindings[index].append(binding)
             podsets = list(state.admitted.podsets)
             podsets[index] = replace(podsets[index], nodes=podsets[index].nodes + (binding.node,))
-            state.admitted = replace(state.admitted, podsets=tuple(podsets))
+            state.admitted = replace(state.admitted, podsets=tuple(podsets), bindings=state.admitted.bindings + (binding,))
             self._maybe_started(state)
 
     # --- cycles ---------------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        pending = [
-            Pending(workload=s.job.workload, queued_at=s.queued_at, requeue_count=s.record.evictions, not_before=s.not_before)
-            for s in self.pending.values()
-        ]
-        admitted = [
-            replace(s.admitted, bindings=tuple(b for bound in s.bindings for b in bound))
-            for s in self.admitted.values()
-            if s.admitted is not None
-        ]
+        pending = [s.pending for s in self.pending.values() if s.pending is not None]
+        admitted = [s.admitted for s in self.admitted.values() if s.admitted is not None]
         return Snapshot(
             now=self.now,
             cluster=self.cluster,
