@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
+
 from quotas.kube import Node, Taint
 from quotas.units import MILLI, milli
 
@@ -177,6 +179,8 @@ class NodeInfo:
     nonzero_cpu: int = 0
     nonzero_memory: int = 0
     state_id: int = -1
+    index: int = -1
+    """Position in its cluster (`Cluster.state_array`)."""
 
     # --- reading -------------------------------------------------------------------------
 
@@ -319,6 +323,7 @@ class NodeInfo:
             nonzero_cpu=self.nonzero_cpu,
             nonzero_memory=self.nonzero_memory,
             state_id=self.state_id,
+            index=self.index,
         )
 
 
@@ -358,6 +363,7 @@ class Cluster:
         """Results that depend only on labels, taints and schedulability (cleared when those change)."""
         self.version = 0
         """Bumped on every mutation; lets callers cache per-state results."""
+        self._state_array = np.zeros(16, dtype=np.int64)
         for node in nodes:
             self.add_node(node)
 
@@ -411,6 +417,9 @@ class Cluster:
                 node.devices[resource] = [DEVICE_MILLI] * (node.allocatable[resource] // DEVICE_MILLI)
                 # a node reporting a fraction of a device has only whole devices to give
                 node.allocatable = {**node.allocatable, resource: len(node.devices[resource]) * DEVICE_MILLI}
+        node.index = len(self.nodes)
+        if node.index >= len(self._state_array):
+            self._state_array = np.concatenate([self._state_array, np.zeros(len(self._state_array), dtype=np.int64)])
         self.nodes[node.name] = node
         self._restate(node)
         self.cache.clear()
@@ -438,6 +447,26 @@ class Cluster:
 
     def free(self, resource: str) -> int:
         return self.capacity(resource) - self.allocated(resource)
+
+    def node_classes(self, names: Iterable[str] | None = None, label_keys: Iterable[str] = ()) -> list[list[str]]:
+        """Interchangeable nodes, grouped: same state (allocatable, usage, free devices up to order,
+        pod count), same taints and schedulability, same values of ``label_keys`` (e.g. the
+        flavor labels and the topology levels above the host). The solver can decide "how many
+        pods per class" instead of per node. Classes come in cluster order of their first node.
+        """
+        keys = tuple(label_keys)
+        classes: dict[tuple[Any, ...], list[str]] = {}
+        for name in self.nodes if names is None else names:
+            node = self.nodes[name]
+            key = (
+                node.state_id,
+                node.unschedulable,
+                node.ready,
+                tuple((t.key, t.value, t.effect) for t in node.taints),
+                tuple(node.labels.get(k) for k in keys),
+            )
+            classes.setdefault(key, []).append(name)
+        return list(classes.values())
 
     # --- mutation ----------------------------------------------------------------------------
 
@@ -514,6 +543,7 @@ class Cluster:
         other = Cluster.__new__(Cluster)
         other.accelerators = self.accelerators
         other.nodes = {name: node.copy() for name, node in self.nodes.items()}
+        other._state_array = self._state_array.copy()
         other._state_ids = self._state_ids
         other._journals = []
         other.cache = {}
@@ -540,3 +570,9 @@ class Cluster:
         if sid is None:
             sid = self._state_ids[key] = len(self._state_ids)
         node.state_id = sid
+        self._state_array[node.index] = sid
+
+    @property
+    def state_array(self) -> np.ndarray:
+        """`state_id` of every node by `NodeInfo.index` (a view: read it, do not keep it across binds)."""
+        return self._state_array[: len(self.nodes)]

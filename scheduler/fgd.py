@@ -19,18 +19,27 @@ F_n(M) = sum_m p_m * frag_n(m). FGD places each pod on the node, and for a GPU s
 device, that increases F_n the least (the "gradient"); a whole-GPU pod takes fully free
 devices. Ties go to the random tie-break of `scheduler.placement.select_node`.
 
-The reference turns the decrease into an integer score ``int(sigmoid(dF / 1000) * 100)``,
-which merges small differences into ties; this module ranks by the exact decrease unless
-``reference_scoring=True``.
+Like the reference, the decrease is turned into kube-scheduler's integer score
+``int(sigmoid(-growth / 1000) * 100)`` by default, which merges small differences into
+ties broken at random; ``reference_scoring=False`` ranks by the exact growth instead. (The
+device for a share is always the one with the least growth.)
 
 The task distribution follows the reference (``GetTypicalPods``): distinct request shapes
 counted over the workload, most popular first, kept until their cumulative share reaches the
-popularity threshold (the paper's runs use 95%, CPU-only pods included), then renormalised.
+popularity threshold, then renormalised; CPU-only tasks included. The default is the
+artifact's 95%. Note that on openb that cut drops every multi-GPU shape (each is under 0.3%
+of pods), so FGD stops protecting whole free nodes for them. Measured on the openb fill
+experiment (default trace, 1,213 GPU nodes, 130% demand, one arrival at a time, per-pod
+random tie-break as kube-scheduler's selectHost, task classes over CPU, memory and GPU,
+seeds 42-45): with the whole distribution
+(``popularity_threshold=1.0``) 95.41, 95.58, 95.46, 95.16% allocated, against the paper's
+95.39% mean; with 95% only 91.3-92.8%; exact ranking (``reference_scoring=False``) with
+the whole distribution 94.8-95.0%.
 
 Speed: F depends only on (free CPU/memory, the multiset of free device capacities, which
-classes may use the node), so it is memoised on that, and the per-(node state, pod)
-decrease is memoised by `select_node`; a bind changes one node's state, so each further pod
-costs one dict lookup per unchanged node.
+classes may use the node), so it is memoised on that and evaluated for all classes at once
+with numpy; the per-(node state, pod) growth is memoised by `scheduler.placement`, which
+after a bind re-scores only the changed node. A full openb fill run takes 4-7 s.
 """
 
 from __future__ import annotations
@@ -134,7 +143,10 @@ class _Model:
         self.gpu_per = np.array(pers, dtype=np.int64)
         self.uses_gpu = np.array(uses_gpu, dtype=bool)
         self.constraints = tuple(c.constraints for c in dist.classes)
+        self._need_columns = [self.needs[:, j].copy() for j in range(len(names))]
         self._f: dict[tuple[tuple[int, ...], tuple[int, ...], int], float] = {}
+        self._gpu_part: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+        """Per free-device multiset: (class has enough big-enough devices, free milli on devices too small)."""
         self._access_ids: dict[tuple[bool, ...], int] = {}
         self._access_masks: list[np.ndarray] = []
 
@@ -162,16 +174,18 @@ class _Model:
         total = sum(devices)
         value = 0.0
         if total and len(self.popularity):
-            dev = np.array(devices, dtype=np.int64)
-            big = dev[None, :] >= self.gpu_per[:, None]  # class x device: device can host the class's per-GPU share
-            usable = big.sum(axis=1)
-            small = np.where(big, 0, dev[None, :]).sum(axis=1)
-            fits = self._access_masks[access] & (usable >= self.gpu_count)
-            if self.needs.shape[1]:
-                fits &= (self.needs <= np.array(free, dtype=np.int64)[None, :]).all(axis=1)
-            value = float(self.popularity @ np.where(fits, small, total))
+            gpu = self._gpu_part.get(devices)
+            if gpu is None:
+                dev = np.array(devices, dtype=np.int64)
+                big = dev[None, :] >= self.gpu_per[:, None]  # class x device: the device can host one share
+                gpu = self._gpu_part[devices] = ((big.sum(axis=1) >= self.gpu_count), np.where(big, 0, dev[None, :]).sum(axis=1))
+            fits = self._access_masks[access] & gpu[0]
+            for column, have in zip(self._need_columns, free):
+                fits = fits & (column <= have)
+            value = float(self.popularity @ np.where(fits, gpu[1], total))
         if len(self._f) > 1_000_000:
             self._f.clear()
+            self._gpu_part.clear()
         self._f[key] = value
         return value
 
@@ -206,7 +220,7 @@ class FGDScorer(Scorer):
     name = "FGD"
     uses_labels = True
 
-    def __init__(self, dist: TaskDistribution, gpu_resource: str = GPU_RESOURCE, reference_scoring: bool = False) -> None:
+    def __init__(self, dist: TaskDistribution, gpu_resource: str = GPU_RESOURCE, reference_scoring: bool = True) -> None:
         super().__init__()
         self.dist = dist
         self.gpu_resource = gpu_resource

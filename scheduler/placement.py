@@ -25,8 +25,11 @@ Known differences from a real kube-scheduler: every feasible node is scored
 (no TaintToleration/NodeAffinity/ImageLocality preferences).
 
 Speed: filter and score results depend only on a node's `state_id` (and for FGD its
-labels), so they are memoised per (state, pod); after a bind only the changed node is
-evaluated again. This is what makes the 8,000-pod fill experiment cheap.
+labels), so they are memoised per (state, pod), and each pod shape keeps the last score of
+every candidate in a numpy array: a query compares the cluster's `state_array` with the
+states it last saw and evaluates only the nodes that changed (after a bind, one). The
+openb fill experiment (~10,800 arrivals on 1,213 nodes) takes about 2 s with bin packing
+and 4-7 s with FGD.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ import random
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from quotas.api import ResourceFlavor
 from scheduler.affinity import NodeConstraints
@@ -54,11 +59,13 @@ __all__ = [
     "Scorer",
     "WeightedSum",
     "balanced_allocation",
+    "NodeGroup",
     "bin_packing",
     "candidate_nodes",
     "default_profile",
     "least_allocated",
     "most_allocated",
+    "node_groups",
     "place_podset",
     "select_node",
 ]
@@ -66,6 +73,7 @@ __all__ = [
 MAX_NODE_SCORE = 100
 DEFAULT_RESOURCE_WEIGHTS: Mapping[str, int] = {"cpu": 1, "memory": 1}
 _MEMO_LIMIT = 2_000_000
+_VIEW_LIMIT = 4096
 
 
 def _requested(node: NodeInfo, pod: PodRequest, resource: str, nonzero: bool) -> int:
@@ -128,12 +136,33 @@ Entry = tuple[float | None, "Mapping[str, int] | str | None"]
 """A memoised evaluation: (score, device preference) when the pod fits, (None, why not) when not."""
 
 
+class NodeGroup:
+    """Candidate nodes sharing a scorer's static key, with their positions for vectorised lookups."""
+
+    __slots__ = ("index", "nodes", "static")
+
+    def __init__(self, static: Hashable, nodes: list[NodeInfo]) -> None:
+        self.static = static
+        self.nodes = nodes
+        self.index = np.array([n.index for n in nodes], dtype=np.int64)
+
+
+class _GroupView:
+    """Last evaluated state and score of every member of a group, for one pod shape."""
+
+    __slots__ = ("scores", "sids")
+
+    def __init__(self, size: int) -> None:
+        self.sids = np.full(size, -1, dtype=np.int64)
+        self.scores = np.full(size, -np.inf, dtype=np.float64)
+
+
 class Scorer:
     """How much a node is worth for one pod; higher is better. Subclasses override `score` or `evaluate`.
 
     Results are memoised per pod and node `state_id` (`select_node`); a scorer that also
-    depends on static node facts (labels, taints) says so through `static_key`, and nodes
-    are then grouped by it.
+    depends on static node facts (labels, taints) sets ``uses_labels`` and returns them
+    from `static_key`, and nodes are then grouped by it.
     """
 
     name = "scorer"
@@ -142,6 +171,7 @@ class Scorer:
 
     def __init__(self) -> None:
         self._memo: dict[tuple[PodRequest, Hashable], dict[int, Entry]] = {}
+        self._views: dict[tuple[PodRequest, NodeGroup], _GroupView] = {}
         self._memo_owner: object = None
         self._memo_size = 0
 
@@ -156,19 +186,55 @@ class Scorer:
         """(score, preferred device per accelerator as a free amount, or None for the default choice)."""
         return self.score(node, pod), None
 
-    def table(self, cluster: Cluster, pod: PodRequest, static: Hashable) -> dict[int, Entry]:
-        """The memo for one pod and static key: state_id -> entry (reset for another cluster family)."""
+    def _check_owner(self, cluster: Cluster) -> None:
         owner = cluster._state_ids  # noqa: SLF001 - shared by copies of one cluster, so ids agree
         if self._memo_owner is not owner or self._memo_size > _MEMO_LIMIT:
             self._memo = {}
+            self._views = {}
             self._memo_owner = owner
             self._memo_size = 0
             self.reset()
+
+    def table(self, cluster: Cluster, pod: PodRequest, static: Hashable) -> dict[int, Entry]:
+        """The memo for one pod and static key: state_id -> entry (reset for another cluster family)."""
+        self._check_owner(cluster)
         key = (pod, static)
         table = self._memo.get(key)
         if table is None:
             table = self._memo[key] = {}
         return table
+
+    def entry(self, table: dict[int, Entry], node: NodeInfo, pod: PodRequest) -> Entry:
+        """The memoised evaluation of ``pod`` on ``node`` in its current state."""
+        entry = table.get(node.state_id)
+        if entry is None:
+            why = node.fit_failure(pod)
+            entry = self.evaluate(node, pod) if why is None else (None, why)
+            table[node.state_id] = entry
+            self._memo_size += 1
+        return entry
+
+    def group_scores(self, cluster: Cluster, pod: PodRequest, group: NodeGroup) -> np.ndarray:
+        """Current scores of a group's members (-inf where the pod does not fit), updating only
+        members whose state changed since this pod shape last looked."""
+        self._check_owner(cluster)
+        key = (pod, group)
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) > _VIEW_LIMIT:
+                self._views.clear()
+            view = self._views[key] = _GroupView(len(group.nodes))
+        current = cluster.state_array[group.index]
+        stale = np.flatnonzero(current != view.sids)
+        if stale.size:
+            table = self.table(cluster, pod, group.static)
+            members = group.nodes
+            scores = view.scores
+            for j in stale.tolist():
+                score = self.entry(table, members[j], pod)[0]
+                scores[j] = -np.inf if score is None else score
+            view.sids[stale] = current[stale]
+        return view.scores
 
     def reset(self) -> None:
         """Drop caches tied to one cluster (override when a scorer keeps its own)."""
@@ -263,19 +329,19 @@ def bin_packing(gpu_weight: int = 1, gpu_resource: str = GPU_RESOURCE) -> MostAl
     return MostAllocated(weights)
 
 
-def _groups(
-    cluster: Cluster, candidates: Sequence[NodeInfo], scorer: Scorer, cache_key: Hashable = None
-) -> list[tuple[Hashable, list[NodeInfo]]]:
-    """Candidates split by the scorer's static key (one group unless the scorer reads labels)."""
-    if not scorer.uses_labels:
-        return [(None, list(candidates))]
-    key = None if cache_key is None else ("groups", scorer, cache_key)
+def node_groups(cluster: Cluster, candidates: Sequence[NodeInfo], scorer: Scorer, cache_key: Hashable = None) -> list[NodeGroup]:
+    """Candidates split by the scorer's static key (one group unless the scorer reads labels);
+    cached on the cluster under ``cache_key`` when given."""
+    key = None if cache_key is None else ("groups", scorer if scorer.uses_labels else None, cache_key)
     cached = None if key is None else cluster.cache.get(key)
     if cached is None:
-        groups: dict[Hashable, list[NodeInfo]] = {}
-        for node in candidates:
-            groups.setdefault(scorer.static_key(node), []).append(node)
-        cached = list(groups.items())
+        if scorer.uses_labels:
+            split: dict[Hashable, list[NodeInfo]] = {}
+            for node in candidates:
+                split.setdefault(scorer.static_key(node), []).append(node)
+            cached = [NodeGroup(static, nodes) for static, nodes in split.items()]
+        else:
+            cached = [NodeGroup(None, list(candidates))]
         if key is not None:
             cluster.cache[key] = cached
     return cached
@@ -288,40 +354,44 @@ def select_node(
     scorer: Scorer,
     rng: random.Random,
     limits: Mapping[str, int] | None = None,
-    groups: list[tuple[Hashable, list[NodeInfo]]] | None = None,
+    groups: list[NodeGroup] | None = None,
 ) -> tuple[NodeInfo, Mapping[str, int] | None] | None:
     """One scheduling cycle for one pod over pre-filtered ``candidates``: fit, score, best, random tie-break.
 
-    ``limits`` caps pods per node (nodes at 0 are skipped); ``groups`` is `_groups` of the
-    candidates when the caller already has it. Returns (node, device preference) or None
-    when no candidate has room.
+    ``limits`` caps pods per node (nodes at 0 are skipped); ``groups`` is `node_groups` of
+    the candidates when the caller already has it. Returns (node, device preference) or
+    None when no candidate has room. Ties are broken uniformly with ``rng`` over the tied
+    nodes in candidate order (group by group), so a seed fixes the result.
     """
-    best_score: float | None = None
-    best: list[NodeInfo] = []
-    best_prefs: list[Mapping[str, int] | None] = []
-    for static, members in groups if groups is not None else _groups(cluster, candidates, scorer):
-        table = scorer.table(cluster, pod, static)
-        for node in members:
-            entry = table.get(node.state_id)
-            if entry is None:
-                why = node.fit_failure(pod)
-                entry = scorer.evaluate(node, pod) if why is None else (None, why)
-                table[node.state_id] = entry
-                scorer._memo_size += 1  # noqa: SLF001
-            score = entry[0]
-            if score is None or (best_score is not None and score < best_score):
-                continue
-            if limits is not None and limits.get(node.name, 0) <= 0:
-                continue
-            if best_score is None or score > best_score:
-                best_score, best, best_prefs = score, [node], [entry[1]]  # type: ignore[list-item]
-            else:
-                best.append(node)
-                best_prefs.append(entry[1])  # type: ignore[arg-type]
-    if not best:
+    if groups is None:
+        groups = node_groups(cluster, candidates, scorer)
+    best_score = -np.inf
+    tied: list[tuple[NodeGroup, np.ndarray]] = []
+    for group in groups:
+        if not group.nodes:
+            continue
+        scores = scorer.group_scores(cluster, pod, group)
+        if limits is not None:
+            allowed = np.array([limits.get(n.name, 0) > 0 for n in group.nodes], dtype=bool)
+            scores = np.where(allowed, scores, -np.inf)
+        top = scores.max()
+        if top == -np.inf or top < best_score:
+            continue
+        if top > best_score:
+            best_score, tied = top, []
+        tied.append((group, np.flatnonzero(scores == top)))
+    if not tied:
         return None
-    i = 0 if len(best) == 1 else rng.randrange(len(best))
-    return best[i], best_prefs[i]
+    total = sum(len(positions) for _, positions in tied)
+    pick = 0 if total == 1 else rng.randrange(total)
+    for group, positions in tied:
+        if pick < len(positions):
+            node = group.nodes[int(positions[pick])]
+            table = scorer.table(cluster, pod, group.static)
+            prefer = scorer.entry(table, node, pod)[1]
+            return node, prefer if not isinstance(prefer, str) else None
+        pick -= len(positions)
+    raise AssertionError("unreachable")
 
 
 def _candidates_key(constraints: NodeConstraints, flavor: ResourceFlavor | None, nodes: Iterable[str] | None) -> Hashable:
@@ -359,7 +429,7 @@ class PlacementResult:
 def _unplaceable_reason(
     cluster: Cluster, pod: PodRequest, names: Sequence[str], candidates: Sequence[NodeInfo], constraints: NodeConstraints,
     flavor: ResourceFlavor | None, limits: Mapping[str, int] | None, scorer: Scorer,
-    groups: list[tuple[Hashable, list[NodeInfo]]],
+    groups: list[NodeGroup],
 ) -> str:
     """kube-scheduler's "0/N nodes are available: ..." summary; resource reasons come from the memo."""
     reasons: Counter[str] = Counter()
@@ -373,11 +443,11 @@ def _unplaceable_reason(
         if why is None:
             why = static[name] = node_infeasible_reason(constraints, cluster.nodes[name], flavor) or "node(s) were filtered"
         reasons[why] += 1
-    for static_value, members in groups:
-        table = scorer.table(cluster, pod, static_value)
-        for node in members:
-            entry = table.get(node.state_id)
-            if entry is not None and entry[0] is None:
+    for group in groups:
+        table = scorer.table(cluster, pod, group.static)
+        for node in group.nodes:
+            entry = scorer.entry(table, node, pod)
+            if entry[0] is None:
                 reasons[str(entry[1])] += 1
             elif limits is not None and limits.get(node.name, 0) <= 0:
                 reasons["node(s) outside the assigned topology domain"] += 1
@@ -397,6 +467,7 @@ def place_podset(
     limits: Mapping[str, int] | None = None,
     all_or_nothing: bool = True,
     commit: bool = True,
+    explain: bool = True,
 ) -> PlacementResult:
     """Place the podset's pods one at a time, binding each before choosing the next (as kube-scheduler).
 
@@ -406,7 +477,9 @@ def place_podset(
     ``reason`` (kube-scheduler's "0/N nodes are available: ..." summary); with
     ``all_or_nothing`` the pods placed so far are unbound again, otherwise they stay bound
     (pods of a Kueue-admitted job that fit start, the rest stay Pending). With ``commit``
-    False nothing stays bound either way (a dry run).
+    False nothing stays bound either way (a dry run; the bindings are still returned and can
+    be re-applied with ``cluster.bind(b.node, b.pod, b.devices)``). ``explain=False`` skips
+    the per-node failure summary (the fill experiment does not read it).
     """
     scorer = scorer or default_profile()
     rng = rng or random.Random(0)
@@ -421,14 +494,17 @@ def place_podset(
     if nodes is not None and not isinstance(nodes, (list, tuple)):
         nodes = list(nodes)
     candidates = candidate_nodes(cluster, constraints, flavor, nodes)
-    groups = _groups(cluster, candidates, scorer, _candidates_key(constraints, flavor, nodes))
+    groups = node_groups(cluster, candidates, scorer, _candidates_key(constraints, flavor, nodes))
     remaining = None if limits is None else dict(limits)
     result = PlacementResult()
     for i in range(total):
         picked = select_node(cluster, pod, candidates, scorer, rng, remaining, groups)
         if picked is None:
-            names = list(cluster.nodes) if nodes is None else list(nodes)
-            why = _unplaceable_reason(cluster, pod, names, candidates, constraints, flavor, remaining, scorer, groups)
+            if explain:
+                names = list(cluster.nodes) if nodes is None else list(nodes)
+                why = _unplaceable_reason(cluster, pod, names, candidates, constraints, flavor, remaining, scorer, groups)
+            else:
+                why = "no node has room"
             result.reason = f"pod {i + 1} of {total} of podset {label}: {why}"
             break
         node, prefer = picked

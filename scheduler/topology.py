@@ -331,9 +331,11 @@ class TopologyGraph:
             assert taken is not None, "children of fitting domains must fit"
             chosen, depth = taken, depth + 1
         leaves = tuple((d, n) for d, n in chosen)  # type: ignore[misc]
-        pool_nodes = [c for d, _ in chosen for c in self.graph.successors(d)]
-        per_node = self._take(pool_nodes, count, counts)
-        assert per_node is not None
+        per_node: list[tuple[DomainKey | str, int]] = []
+        for leaf, n in chosen:  # each leaf's count over its own nodes, the same way
+            taken = self._take(list(self.graph.successors(leaf)), n, counts)
+            assert taken is not None
+            per_node.extend(taken)
         return TopologyAssignmentResult(
             self.levels,
             domains=tuple(sorted(leaves)),  # type: ignore[arg-type]
@@ -360,7 +362,7 @@ class TopologyGraph:
         if node_pods and shape is not None and shape[1] == DEVICE_MILLI:
             gpus = shape[0]
             noun = "GPU" if gpus == 1 else "GPUs"
-            head = f"no {word} has {count} nodes with {gpus} free {noun}"
+            head = f"no {word} has {count} node{'s' if count != 1 else ''} with {gpus} free {noun}"
             tail = f"largest free block is {room} node{'s' if room != 1 else ''} in {where}" if room else f"no {word} has any"
             return f"{head}; {tail}"
         head = f"no {word} has room for {count} pods of {describe_pod(pod, self.gpu_resource)}"
