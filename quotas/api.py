@@ -382,7 +382,7 @@ class WaitForPodsReadyConfig(ApiModel):
 
 
 class SolverConfig(ApiModel):
-    time_limit: Duration = 2.0
+    time_limit: Duration = 1.0
     workers: int = Field(default=2, ge=1, le=64)
 
 

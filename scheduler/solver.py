@@ -1,0 +1,612 @@
+"""The `tessera` policy: one CP-SAT model per scheduling cycle over the whole pending set.
+
+A cycle (see docs/solver.md for the full description):
+
+1. **Prepare** (`scheduler.solver_common`): per pending workload its ClusterQueue and, per
+   podset, the flavor combinations it may use, with the nodes each allows.
+2. **Reserve** for aged gangs: a workload that has waited ``aging_threshold`` seconds and
+   still does not fit gets nodes held for it; work it outranks (lower priority, or equal
+   priority and queued later) may not be placed there, so the nodes drain towards it.
+3. **Greedy** (`scheduler.solver_place.greedy_cycle`): Kueue's order, first flavor that fits,
+   pods packed best-fit, bound for real. Warm start of the model, and the fallback.
+4. **Solve** (`scheduler.solver_model`): admit/flavor/domain/pods-per-node-class for every
+   candidate at once, quota tree and capacity constraints, lexicographic objective
+   (priority, GPU-time, then fairness, aging, flavor order, compactness, fragmentation),
+   hinted with the greedy solution, decomposed into independent components, stopped at
+   ``Configuration.solver.timeLimit`` with ``solver.workers`` workers, seeded.
+5. **Expand and verify** (`scheduler.solver_expand`): pods per class to nodes, every pod bound
+   on a copy of the cluster and every admission charged with `QuotaTree.fits`; failures are
+   repaired greedily, then a greedy **backfill** pass offers the remaining capacity to the
+   remaining workloads (and yields every pending reason in the final state).
+6. **Keep the better** of solver and greedy by priority-weighted GPU (`cycle_value`), so a
+   cycle never admits less than the greedy cycle from the same state.
+7. **Preempt** as a post-step, as Kueue does: for pending workloads whose flavor assignment
+   says Preempt, `quotas.preemption.find_victims` with the ClusterQueue's policy, issued only
+   when the victims' nodes would also let the pods bind; the preemptor is admitted in a later
+   cycle, once the victims are gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from quotas.flavors import AssignmentMode, PodSetRequest, assign_flavors
+from quotas.preemption import Preemptor, find_victims, preemption_oracle
+from quotas.units import format_amount
+from scheduler.cluster import Cluster
+from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, register_policy
+from scheduler.snapshot import PodSetPlacement, Snapshot
+from scheduler.solver_common import Candidate, Prepared, aging_fraction, prepare
+from scheduler.solver_expand import expand
+from scheduler.solver_model import ModelResult, SolveParams, solve_cycle
+from scheduler.solver_place import Placed, Placer, Reservation, greedy_cycle
+
+__all__ = [
+    "NOT_ADMITTED",
+    "TesseraPolicy",
+    "cycle_value",
+    "decisions_value",
+]
+
+NOT_ADMITTED = "not admitted this cycle: higher-priority or better-packing work used the capacity"
+
+DETERMINISTIC_SHARE = 0.6
+"""Share of ``timeLimit`` given to the solver as deterministic time (the rest covers model
+building, expansion and backfill; the wall clock is capped at what is left of the cycle)."""
+
+DETERMINISTIC_UNITS_PER_SECOND = 0.2
+"""CP-SAT deterministic time units per wall second, measured on the benchmark machine for these
+models (a unit takes 3-5 s of wall time there); the deterministic limit is ``timeLimit`` x
+DETERMINISTIC_SHARE x this, so that a cycle's result does not depend on machine load."""
+
+MIN_SOLVER_SHARE = 0.25
+
+KUEUE_BASELINE_MAX = 64
+"""Up to this many pending workloads, Kueue's own greedy cycle is a second baseline."""
+
+MAX_RESERVATIONS = 4
+MAX_PREEMPTORS = 16
+
+
+# --- the value a cycle admits ---------------------------------------------------------------------
+
+
+def cycle_value(items: Iterable[tuple[int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """Priority-weighted GPU, lexicographically: per priority (highest first) the GPU milli and the
+    number of workloads admitted. ``items`` are (priority, GPU milli) per admitted workload.
+
+    Compare two cycles with ``>=``: more GPU at the highest priority where they differ wins.
+    """
+    per: dict[int, list[int]] = {}
+    for prio, gpu in items:
+        acc = per.setdefault(prio, [0, 0])
+        acc[0] += gpu
+        acc[1] += 1
+    return tuple((p, per[p][0], per[p][1]) for p in sorted(per, reverse=True))
+
+
+def _compare(a: tuple[tuple[int, int, int], ...], b: tuple[tuple[int, int, int], ...]) -> int:
+    """-1/0/1 as value ``a`` is lower/equal/higher than ``b`` (tiers missing count as zero)."""
+    prios = sorted({p for p, _, _ in a} | {p for p, _, _ in b}, reverse=True)
+    da = {p: (g, n) for p, g, n in a}
+    db = {p: (g, n) for p, g, n in b}
+    for p in prios:
+        va, vb = da.get(p, (0, 0)), db.get(p, (0, 0))
+        if va != vb:
+            return 1 if va > vb else -1
+    return 0
+
+
+def decisions_value(decisions: Decisions, snapshot: Snapshot) -> tuple[tuple[int, int, int], ...]:
+    """`cycle_value` of a policy's admissions (GPU of the pods admitted, any policy)."""
+    by_key = {p.key: p.workload for p in snapshot.pending}
+    accel = snapshot.cluster.accelerators
+    items = []
+    for adm in decisions.admissions:
+        wl = by_key[adm.key]
+        podsets = {ps.name: ps for ps in wl.podsets}
+        gpu = sum(sum(podsets[p.name].requests.get(a) for a in accel) * p.count for p in adm.podsets if p.name in podsets)
+        items.append((wl.priority, gpu))
+    return cycle_value(items)
+
+
+def _placed_value(placed: Iterable[Placed], accelerators: Iterable[str]) -> tuple[tuple[int, int, int], ...]:
+    accel = tuple(accelerators)
+    items = []
+    for p in placed:
+        gpu = sum(sum(ps.pod.get(a) for a in accel) * n for ps, (_, n) in zip(p.candidate.podsets, p.choice))
+        items.append((p.candidate.priority, gpu))
+    return cycle_value(items)
+
+
+# --- the policy ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    admitted: list[Placed]
+    reasons: dict[str, str]
+    placer: Placer
+    ordered: bool = False
+    """``admitted`` is already in the order the decisions must list it (else: queue order)."""
+
+
+def _finalize(snapshot: Snapshot, admitted: Sequence[Placed]) -> tuple[list[Placed], dict[str, str]]:
+    """The admissions in the order the decisions will list them, each of them bindable in that order.
+
+    Decisions name a node per pod but not the devices; whoever applies them binds pod by pod in
+    decision order, letting `Cluster.bind` choose devices (best fit for shares). Listing the
+    largest pods first reproduces how the expansion filled each node; every pod is bound again
+    that way on a fresh copy, and an admission that does not bind is dropped.
+    """
+    accel = snapshot.cluster.accelerators
+
+    def size(p: Placed) -> tuple[int, int]:
+        return (-max(sum(ps.pod.get(a) for a in accel) for ps in p.candidate.podsets), p.candidate.order)
+
+    touched = {n for p in admitted for nodes in p.nodes for n in nodes}
+    cluster = Cluster([snapshot.cluster.nodes[n].copy() for n in sorted(touched)], snapshot.cluster.accelerators)
+    kept: list[Placed] = []
+    dropped: dict[str, str] = {}
+    for p in sorted(admitted, key=size):
+        bindings = []
+        why = None
+        for ps, nodes in zip(p.candidate.podsets, p.nodes):
+            for name in nodes:
+                why = cluster.nodes[name].fit_failure(ps.pod)
+                if why is not None:
+                    why = f"{NOT_ADMITTED} (its pods would not bind on {name}: {why})"
+                    break
+                bindings.append(cluster.bind(name, ps.pod))
+            if why is not None:
+                break
+        if why is None:
+            kept.append(p)
+        else:
+            for b in reversed(bindings):
+                cluster.unbind(b)
+            dropped[p.key] = why
+    return kept, dropped
+
+
+class TesseraPolicy:
+    """The CP-SAT global packer (see the module docstring)."""
+
+    name = "tessera"
+    places_pods = True
+
+    def __init__(
+        self,
+        *,
+        aging_threshold: float = 3600.0,
+        max_candidates: int = 300,
+        deterministic: bool = True,
+        duration_of: Callable[[object], float | None] | None = None,
+        backfill: bool = True,
+        preemption: bool = True,
+        kueue_baseline: bool = True,
+    ) -> None:
+        self.aging_threshold = aging_threshold
+        self.max_candidates = max_candidates
+        self.deterministic = deterministic
+        self.duration_of = duration_of
+        self.backfill = backfill
+        self.preemption = preemption
+        self.kueue_baseline = kueue_baseline
+        self.last: ModelResult | None = None
+        """The solver result of the last cycle (for benchmarks and debugging)."""
+
+    # --- the cycle ---
+
+    def schedule(self, snapshot: Snapshot) -> Decisions:
+        start = time.monotonic()
+        solver_cfg = snapshot.config.solver
+        time_limit = max(0.0, float(solver_cfg.time_limit))
+        deadline = start + time_limit
+        prepared = prepare(snapshot)
+        reservations = self._reservations(snapshot, prepared)
+
+        greedy = self._greedy(snapshot, prepared, reservations)
+        chosen = greedy
+        status = "EMPTY"
+        objective = bound = None
+        considered = 0
+        if prepared.candidates:
+            fixed, model_cands = self._window(prepared, greedy.admitted)
+            considered = len(model_cands)
+            greedy_seconds = time.monotonic() - start
+            # the solver stops at timeLimit, leaving about half the greedy's time for expansion and
+            # backfill; it gets at least a quarter of timeLimit even when the greedy was slow
+            wall_deadline = deadline - greedy_seconds / 2
+            if time_limit * DETERMINISTIC_SHARE <= 1e-3 or not model_cands:
+                status = "NOT_SOLVED (no time left): greedy fallback" if model_cands else "EMPTY"
+            else:
+                # the base: the snapshot plus the greedy admissions kept fixed (the head of the queue)
+                base = Placer(snapshot, cluster=greedy.placer.cluster.copy(), usage=greedy.placer.usage, reservations=reservations)
+                fixed_keys = {p.key for p in fixed}
+                for p in reversed(greedy.admitted):
+                    if p.key not in fixed_keys:
+                        base.undo(p)
+                params = SolveParams(
+                    time_limit=time_limit * DETERMINISTIC_SHARE * DETERMINISTIC_UNITS_PER_SECOND,
+                    workers=int(solver_cfg.workers),
+                    seed=snapshot.seed,
+                    deterministic=self.deterministic,
+                    aging_threshold=self.aging_threshold,
+                    duration_of=self.duration_of,
+                )
+                hint = {p.key: p for p in greedy.admitted if p.key not in fixed_keys}
+                model, classes, _, _ = solve_cycle(
+                    snapshot, prepared, model_cands, base.cluster, base.usage, reservations, hint, greedy.placer.usage,
+                    params, wall_deadline, min_wall=MIN_SOLVER_SHARE * time_limit,
+                )
+                self.last = model
+                status = model.status
+                if model.solved and model.solved < model.components:
+                    status += f" ({model.components - model.solved} of {model.components} components unsolved)"
+                objective, bound = model.objective, model.bound
+                if model.solved:
+                    admitted = list(fixed)
+                    expanded, failures = expand(model.proposals, classes, base, model.patterns)
+                    admitted.extend(expanded)
+                    reasons = dict(failures)
+                    if self.backfill:
+                        done = {p.key for p in admitted}
+                        more, back = greedy_cycle(prepared, base, source="backfill", skip=frozenset(done))
+                        admitted.extend(more)
+                        reasons.update(back)
+                    admitted, dropped = _finalize(snapshot, admitted)
+                    reasons.update(dropped)
+                    solved = _Outcome(admitted, reasons, base, ordered=True)
+                    accel = snapshot.cluster.accelerators
+                    if _compare(_placed_value(solved.admitted, accel), _placed_value(greedy.admitted, accel)) >= 0:
+                        chosen = solved
+                    else:
+                        status += ": greedy better"
+                elif model.status != "EMPTY":
+                    status += ": greedy fallback"
+        decisions = self._decisions(snapshot, prepared, chosen, greedy, reservations)
+        if self.preemption:
+            self._preempt(snapshot, prepared, chosen, decisions)
+        decisions.stats = CycleStats(
+            policy=self.name,
+            seconds=time.monotonic() - start,
+            solver_status=status,
+            objective=objective,
+            bound=bound,
+            considered=considered,
+        )
+        return decisions
+
+    def _greedy(self, snapshot: Snapshot, prepared: Prepared, reservations: Sequence[Reservation]) -> _Outcome:
+        """The better of two greedy cycles (by `cycle_value`): tessera's own (queue order, best-fit
+        placement) and, for small pending sets, Kueue's (`scheduler.kueue.greedy_cycle` in drain
+        mode, pods placed by `place_admissions`) replayed here and backfilled with the former."""
+        placer = Placer(snapshot, reservations=reservations)
+        admitted, reasons = greedy_cycle(prepared, placer)
+        best = _Outcome(admitted, reasons, placer)
+        other = self._kueue_baseline(snapshot, prepared, reservations)
+        if other is not None:
+            accel = snapshot.cluster.accelerators
+            if _compare(_placed_value(other.admitted, accel), _placed_value(best.admitted, accel)) > 0:
+                best = other
+        return best
+
+    def _kueue_baseline(self, snapshot: Snapshot, prepared: Prepared, reservations: Sequence[Reservation]) -> _Outcome | None:
+        if not self.kueue_baseline or len(snapshot.pending) > KUEUE_BASELINE_MAX:
+            return None
+        try:
+            from scheduler import kueue
+        except ImportError:  # pragma: no cover - the kueue policy is part of the package
+            return None
+        cycle, place = getattr(kueue, "greedy_cycle", None), getattr(kueue, "place_admissions", None)
+        if not callable(cycle) or not callable(place):
+            return None
+        decisions = place(snapshot, cycle(snapshot, drain=True), gang=True)
+        placer = Placer(snapshot, reservations=reservations)
+        theirs = {a.key: a for a in decisions.admissions}
+        admitted: list[Placed] = []
+        blocked: set[str] = set()  # StrictFIFO queues whose head is not admitted
+        for cand in prepared.candidates:  # queue order
+            adm = theirs.get(cand.key)
+            cq = cand.cluster_queue
+            got: Placed | str | None = None
+            if adm is not None and cq not in blocked:
+                replay = _replay(cand, adm)
+                got = None if replay is None else placer.admit_plan(cand, *replay)
+            if isinstance(got, Placed):
+                got.source = "kueue"
+                placer.commit(got)
+                admitted.append(got)
+            elif snapshot.cluster_queues[cq].spec.queueing_strategy == "StrictFIFO":
+                blocked.add(cq)
+        done = frozenset(p.key for p in admitted)
+        head_of: dict[str, str] = {}
+        for c in prepared.candidates:
+            if c.cluster_queue in blocked and c.key not in done:
+                head_of.setdefault(c.cluster_queue, c.key)
+        head_keys = set(head_of.values())
+        rest = [c for c in prepared.candidates if c.cluster_queue not in blocked or c.key in head_keys]
+        more, reasons = greedy_cycle(prepared, placer, candidates=rest, source="greedy", skip=done)
+        for c in prepared.candidates:
+            if c.cluster_queue in blocked and c.key not in done and c.key not in head_keys:
+                reasons[c.key] = f"StrictFIFO: waiting behind the head of ClusterQueue {c.cluster_queue}"
+        return _Outcome(admitted + more, reasons, placer, ordered=True)  # the order they were bound in
+
+    def _window(self, prepared: Prepared, greedy: Sequence[Placed]) -> tuple[list[Placed], list[Candidate]]:
+        """Which greedy admissions stay fixed, and which candidates the model decides.
+
+        Up to ``max_candidates`` candidates go to the model: up to half of the budget for
+        workloads the greedy cycle left out (queue order), the rest for the greedy's *last*
+        admissions, whose capacity the left-out ones compete for. The greedy's earlier
+        admissions (the head of the queue) stay as they are. Small cycles fit entirely.
+        """
+        admitted = {p.key for p in greedy}
+        left_out = [c for c in prepared.candidates if c.key not in admitted]
+        budget = max(1, self.max_candidates)
+        take_out = left_out[: max(budget // 2, budget - len(greedy))]
+        room = budget - len(take_out)
+        fixed = list(greedy[: max(0, len(greedy) - room)])
+        fixed_keys = {p.key for p in fixed}
+        chosen = {c.key for c in take_out} | (admitted - fixed_keys)
+        return fixed, [c for c in prepared.candidates if c.key in chosen]
+
+    # --- aging: reservations ---
+
+    def _reservations(self, snapshot: Snapshot, prepared: Prepared) -> list[Reservation]:
+        """Nodes held for aged workloads that do not fit now (see docs/solver.md, "Aging")."""
+        out: list[Reservation] = []
+        probe: Placer | None = None
+        looked = 0
+        for cand in prepared.candidates:
+            if len(out) >= MAX_RESERVATIONS or looked >= 4 * MAX_RESERVATIONS:
+                break
+            waited = snapshot.now - cand.queued_at
+            if aging_fraction(waited, self.aging_threshold) < 1.0 or cand.gpu_total() <= 0:
+                continue
+            looked += 1
+            if probe is None:
+                probe = Placer(snapshot)
+            probe.reservations = list(out)
+            nodes = self._reserve_for(snapshot, probe, cand)
+            if nodes:
+                out.append(
+                    Reservation(cand.key, cand.priority, cand.queued_at, frozenset(nodes), note=f"waiting {waited:.0f}s")
+                )
+        return out
+
+    @staticmethod
+    def _reserve_for(snapshot: Snapshot, probe: Placer, cand: Candidate) -> list[str]:
+        """The nodes an aged workload needs, those closest to free first; none if it fits now, if
+        quota (not nodes) holds it back, or if even empty nodes could not hold it."""
+        got = probe.try_admit(cand)
+        if not isinstance(got, str):
+            probe.undo(got, committed=False)
+            return []
+        taken = set(probe.excluded(cand))
+        request: dict = {}
+        chosen = []
+        for ps in cand.podsets:
+            opt = next(
+                (o for o in ps.options if not _exceeds(snapshot, cand.cluster_queue, request, o.per_pod_quota, ps.lowest)),
+                None,
+            )
+            if opt is None:
+                return []  # quota holds it back: preemption and fair sharing apply, not reservations
+            for fr, v in opt.per_pod_quota.items():
+                request[fr] = request.get(fr, 0) + v * ps.lowest
+            chosen.append((ps, opt))
+        nodes: list[str] = []
+        for ps, opt in chosen:
+            empty_fit = {n: _fit_if_empty(snapshot.cluster, n, ps.pod) for n in opt.nodes if n not in taken}
+            pools: dict[tuple[str, ...], list[str]] = {}
+            for n in empty_fit:
+                key: tuple[str, ...] = ()
+                if opt.required and opt.topology is not None and opt.level is not None:
+                    labels = opt.topology.level_labels[: opt.level + 1]
+                    key = tuple(snapshot.cluster.nodes[n].labels.get(lb, "") for lb in labels)
+                pools.setdefault(key, []).append(n)
+            best: list[str] | None = None
+            best_score: tuple[int, int] | None = None
+            for _, members in sorted(pools.items()):
+                if sum(empty_fit[n] for n in members) < ps.count:
+                    continue
+                members = sorted(members, key=lambda n: (-probe.fit(n, ps.pod), -empty_fit[n], n))
+                pick: list[str] = []
+                room = 0
+                for n in members:
+                    if room >= ps.count:
+                        break
+                    if empty_fit[n] > 0:
+                        pick.append(n)
+                        room += empty_fit[n]
+                score = (sum(min(probe.fit(n, ps.pod), empty_fit[n]) for n in pick), -len(pick))
+                if best_score is None or score > best_score:
+                    best, best_score = pick, score
+            if best is None:
+                return []
+            nodes.extend(best)
+            taken.update(best)
+        return nodes
+
+    # --- decisions and reasons ---
+
+    def _decisions(
+        self, snapshot: Snapshot, prepared: Prepared, chosen: _Outcome, greedy: _Outcome, reservations: Sequence[Reservation]
+    ) -> Decisions:
+        decisions = Decisions()
+        admitted_keys = set()
+        for p in chosen.admitted if chosen.ordered else sorted(chosen.admitted, key=lambda p: p.candidate.order):
+            admitted_keys.add(p.key)
+            podsets = []
+            for i, ps in enumerate(p.candidate.podsets):
+                opt = p.option(i)
+                podsets.append(
+                    PodSetPlacement(
+                        name=ps.info.name,
+                        count=p.choice[i][1],
+                        flavors=dict(opt.flavors),
+                        nodes=tuple(p.nodes[i]),
+                        domain=p.domains[i],
+                    )
+                )
+            decisions.admissions.append(Admission(p.key, p.candidate.cluster_queue, tuple(podsets), dict(p.usage), p.borrows))
+        greedy_keys = {p.key for p in greedy.admitted}
+        held = {r.key: r for r in reservations}
+        for pending in snapshot.pending:
+            key = pending.key
+            if key in admitted_keys:
+                continue
+            reason = prepared.reasons.get(key) or prepared.blocked_strict.get(key) or chosen.reasons.get(key)
+            if reason is None:
+                reason = greedy.reasons.get(key, NOT_ADMITTED)
+            if key in greedy_keys and chosen is not greedy and not reason.startswith(NOT_ADMITTED):
+                reason = f"{NOT_ADMITTED} ({reason})"
+            if key in held:
+                reason += f"; {len(held[key].nodes)} node(s) reserved for it ({held[key].note})"
+            decisions.pending[key] = reason
+        return decisions
+
+    # --- preemption (post-step) ---
+
+    def _preempt(self, snapshot: Snapshot, prepared: Prepared, chosen: _Outcome, decisions: Decisions) -> None:
+        tree = snapshot.tree
+        admitted_now = {a.key for a in decisions.admissions}
+        candidates = [c for c in prepared.candidates if c.key not in admitted_now]
+        if not candidates or not snapshot.admitted:
+            return
+        fair = snapshot.config.fair_sharing
+        usage = chosen.placer.usage
+        cluster: Cluster | None = None
+        by_key = {a.key: a for a in snapshot.admitted}
+        gone: set[str] = set()
+        everyone = [a.as_candidate() for a in snapshot.admitted]
+        tried = 0
+        for cand in candidates:
+            policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
+            if policy.within_cluster_queue == "Never" and policy.reclaim_within_cohort == "Never":
+                continue
+            if tried >= MAX_PREEMPTORS:
+                break
+            tried += 1
+            pool = [w for w in everyone if w.key not in gone] if gone else everyone
+            allowed = {ps.info.name: {f for o in ps.options for f in o.flavors.values()} for ps in cand.podsets}
+            probe = Preemptor(cand.key, cand.cluster_queue, cand.priority, {}, cand.queued_at)
+            oracle = preemption_oracle(tree, usage, probe, pool, fair_sharing=fair)
+            assignment = assign_flavors(
+                tree,
+                usage,
+                cand.cluster_queue,
+                [PodSetRequest(ps.info.name, ps.count, ps.pod.as_dict()) for ps in cand.podsets],
+                eligible=lambda name, flavor: None if flavor in allowed.get(name, ()) else "not eligible",
+                fair_sharing=fair.enable,
+                oracle=oracle,
+            )
+            if assignment.mode != AssignmentMode.PREEMPT or len(assignment.podsets) != len(cand.podsets):
+                continue
+            preemptor = Preemptor(cand.key, cand.cluster_queue, cand.priority, dict(assignment.usage), cand.queued_at)
+            result = find_victims(
+                tree, usage, preemptor, pool, needs_preemption=assignment.preempt_frs, fair_sharing=fair
+            )
+            if not result.victims:
+                continue
+            if cluster is None:
+                cluster = chosen.placer.cluster.copy()
+            ok = self._fits_after(snapshot, cluster, cand, assignment, [by_key[v.workload.key] for v in result.victims])
+            victims = ", ".join(v.workload.key for v in result.victims)
+            if not ok:
+                decisions.pending[cand.key] = (
+                    f"{decisions.pending.get(cand.key, NOT_ADMITTED)}; preempting {victims} would free quota "
+                    "but not node capacity for its pods, so nothing is preempted"
+                )
+                continue
+            for v in result.victims:
+                gone.add(v.workload.key)
+                if v.workload.evicted:
+                    continue
+                decisions.preemptions.append(
+                    Preemption(
+                        key=v.workload.key,
+                        preemptor=cand.key,
+                        reason=v.reason,
+                        message=f"Preempted to accommodate a workload ({cand.key}) due to {_reason_words(str(v.reason))}",
+                    )
+                )
+            usage = result.usage_after.admit(cand.cluster_queue, assignment.usage)  # keep the freed quota for it
+            need = ", ".join(f"{format_amount(v, r)} {r} in {f}" for (f, r), v in sorted(assignment.usage.items()) if v)
+            decisions.pending[cand.key] = (
+                f"waiting for {len(result.victims)} preempted workload(s) to release {need}: {victims}"
+            )
+
+    def _fits_after(self, snapshot: Snapshot, cluster: Cluster, cand: Candidate, assignment: object, victims: Sequence[object]) -> bool:
+        """Whether the preemptor's pods bind once the victims' pods are gone (the result is kept on
+        ``cluster`` when they do, so later preemptors do not count the same nodes twice)."""
+        with cluster.what_if() as trial:
+            for a in victims:
+                for b in getattr(a, "bindings", ()):
+                    if b.node in cluster.nodes:
+                        cluster.unbind(b)
+            placer = Placer(snapshot, cluster=cluster, usage=snapshot.tree.empty_usage())
+            request: dict = {}
+            for i, ps in enumerate(cand.podsets):
+                want = assignment.podsets[i].flavors  # type: ignore[attr-defined]
+                opt = next((o for o in ps.options if all(o.flavors.get(r) == f for r, f in want.items())), None)
+                if opt is None:
+                    return False
+                attempt = placer.place_podset(cand, ps, opt, ps.count, frozenset())
+                if attempt.reason is not None:
+                    return False
+                for fr, v in opt.per_pod_quota.items():
+                    request[fr] = request.get(fr, 0) + v * ps.count
+            trial.commit()
+        return True
+
+
+def _replay(cand: Candidate, adm: Admission) -> tuple[list[tuple[int, int]], list[list[tuple[str, int]]], list[tuple[str, ...] | None]] | None:
+    """A Kueue admission (every pod on a node) as (choice, per-podset node plans, domains) of a candidate."""
+    by_name = {psp.name: psp for psp in adm.podsets}
+    choice, plans, domains = [], [], []
+    for ps in cand.podsets:
+        psp = by_name.get(ps.info.name)
+        if psp is None or len(psp.nodes) != psp.count or not psp.count:
+            return None
+        opt = next((o for o in ps.options if all(o.flavors.get(r) == f for r, f in psp.flavors.items())), None)
+        if opt is None or not set(psp.nodes) <= set(opt.nodes):
+            return None
+        counts: dict[str, int] = {}
+        for n in psp.nodes:
+            counts[n] = counts.get(n, 0) + 1
+        choice.append((opt.index, psp.count))
+        plans.append(list(counts.items()))
+        domains.append(psp.domain if opt.required else None)
+    return choice, plans, domains
+
+
+def _reason_words(reason: str) -> str:
+    return {
+        "InClusterQueue": "prioritization in the ClusterQueue",
+        "InCohortReclamation": "reclamation within the cohort",
+        "InCohortFairSharing": "fair sharing within the cohort",
+        "InCohortReclaimWhileBorrowing": "reclamation within the cohort while borrowing",
+    }.get(reason, reason)
+
+
+def _exceeds(snapshot: Snapshot, cq: str, base: Mapping, per_pod: Mapping, pods: int) -> bool:
+    trial = dict(base)
+    for fr, v in per_pod.items():
+        trial[fr] = trial.get(fr, 0) + v * pods
+    return not snapshot.tree.fits(cq, trial, snapshot.usage).fits
+
+
+def _fit_if_empty(cluster: Cluster, name: str, pod: object) -> int:
+    """Pods like ``pod`` an empty ``name`` would hold."""
+    node = cluster.nodes[name].copy()
+    node.used = {}
+    node.pod_count = 0
+    node.devices = {r: [1000] * len(d) for r, d in node.devices.items()}
+    return min(node.fit_count(pod), 1 << 20)  # type: ignore[arg-type]
+
+
+register_policy("tessera", TesseraPolicy)

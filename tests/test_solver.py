@@ -1,0 +1,619 @@
+"""The `tessera` policy (CP-SAT global packer) on small crafted cases.
+
+Every decision is checked by `verify`, independently of the policy: each admitted pod is
+bound again on a copy of the snapshot's cluster (node capacity, per-GPU devices), its node
+must carry the admitted flavors' labels and pass selectors and taints, each gang has every
+pod placed (at least minCount), a required topology puts all pods in one domain, and the
+quota each admission charges is recomputed from the workload and checked against the
+cohort tree with `QuotaTree.fits` in decision order. Every pending workload not admitted
+has a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+
+from quotas.api import ClusterQueue, Cohort, Configuration, LocalQueue, ResourceFlavor, Topology
+from quotas.kube import Taint, Toleration
+from scheduler.affinity import NodeConstraints
+from scheduler.cluster import Cluster, NodeInfo, PodRequest
+from scheduler.decisions import Decisions, make_policy
+from scheduler.flavors import admitted_constraints, node_in_flavor, node_infeasible_reason
+from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot, build_snapshot
+from scheduler.solver import NOT_ADMITTED, TesseraPolicy, decisions_value
+from scheduler.solver_common import prepare
+from scheduler.solver_place import Placer, greedy_cycle
+from scheduler.workload import PodSetInfo, TopologyRequest, WorkloadInfo
+
+GPU = "nvidia.com/gpu"
+G = 1000
+GI = 2**30 * G
+HOST = "kubernetes.io/hostname"
+
+
+# --- builders ------------------------------------------------------------------------------------
+
+
+def node(name: str, gpus: int = 8, cpu: int = 64, labels: dict[str, str] | None = None, taints: Iterable[Taint] = ()) -> NodeInfo:
+    return Cluster.make_node(
+        name,
+        {"cpu": cpu * G, "memory": 512 * GI, GPU: gpus * G, "pods": 110 * G},
+        {HOST: name, **(labels or {})},
+        taints,
+    )
+
+
+def rack_nodes(racks: int, per_rack: int, gpus: int = 8, labels: dict[str, str] | None = None) -> list[NodeInfo]:
+    return [
+        node(f"r{r}n{i}", gpus, labels={"block": "b0", "rack": f"r{r}", **(labels or {})})
+        for r in range(racks)
+        for i in range(per_rack)
+    ]
+
+
+def flavor(name: str = "gpu", labels: dict[str, str] | None = None, topology: str | None = None, **spec: Any) -> ResourceFlavor:
+    body: dict[str, Any] = {"nodeLabels": labels or {}, **spec}
+    if topology:
+        body["topologyName"] = topology
+    return ResourceFlavor.model_validate({"metadata": {"name": name}, "spec": body})
+
+
+def gpu_quota(flavor_name: str, gpus: float, **limits: Any) -> dict[str, Any]:
+    return {
+        "name": flavor_name,
+        "resources": [
+            {"name": "cpu", "nominalQuota": 1000},
+            {"name": "memory", "nominalQuota": "64Ti"},
+            {"name": GPU, "nominalQuota": gpus, **limits},
+        ],
+    }
+
+
+def cq(name: str, gpus: float = 1000, *, flavors: Sequence[str] = ("gpu",), cohort: str | None = None, limits: dict[str, Any] | None = None, **spec: Any) -> ClusterQueue:
+    body: dict[str, Any] = {
+        "namespaceSelector": {},
+        "resourceGroups": [
+            {"coveredResources": ["cpu", "memory", GPU], "flavors": [gpu_quota(f, gpus, **(limits or {})) for f in flavors]}
+        ],
+        **spec,
+    }
+    if cohort:
+        body["cohort"] = cohort
+    return ClusterQueue.model_validate({"metadata": {"name": name}, "spec": body})
+
+
+def lq(name: str, cluster_queue: str, namespace: str = "default") -> LocalQueue:
+    return LocalQueue.model_validate({"metadata": {"name": name, "namespace": namespace}, "spec": {"clusterQueue": cluster_queue}})
+
+
+def topology(levels: Sequence[str] = ("block", "rack", HOST), name: str = "dc") -> Topology:
+    return Topology.model_validate({"metadata": {"name": name}, "spec": {"levels": [{"nodeLabel": lb} for lb in levels]}})
+
+
+def pod(gpu_milli: int, cpu: int = 1) -> PodRequest:
+    return PodRequest.of({"cpu": cpu * G, "memory": 4 * GI, **({GPU: gpu_milli} if gpu_milli else {})})
+
+
+def workload(
+    name: str,
+    gpus: float,
+    pods: int = 1,
+    *,
+    priority: int = 0,
+    queue: str = "q",
+    created: float = 0.0,
+    min_count: int | None = None,
+    topo: tuple[str, str] | None = None,
+    constraints: NodeConstraints | None = None,
+    cpu: int = 1,
+) -> WorkloadInfo:
+    ps = PodSetInfo(
+        "main",
+        pods,
+        pod(int(round(gpus * G)), cpu),
+        min_count=min_count,
+        constraints=constraints or NodeConstraints(),
+        topology=TopologyRequest(topo[0], topo[1]) if topo else None,  # type: ignore[arg-type]
+    )
+    return WorkloadInfo("default", name, queue, (ps,), priority=priority, creation_time=created)
+
+
+def pending(*workloads: WorkloadInfo) -> list[Pending]:
+    return [Pending(w, w.creation_time) for w in workloads]
+
+
+def config(time_limit: float = 2.0, workers: int = 1, **more: Any) -> Configuration:
+    return Configuration.model_validate({"solver": {"timeLimit": time_limit, "workers": workers}, **more})
+
+
+def snapshot(
+    nodes: Iterable[NodeInfo] | Cluster,
+    queues: Sequence[ClusterQueue],
+    pend: Sequence[Pending],
+    *,
+    flavors: Sequence[ResourceFlavor] = (),
+    local_queues: Sequence[LocalQueue] = (),
+    cohorts: Sequence[Cohort] = (),
+    admitted: Sequence[Admitted] = (),
+    topologies: Sequence[Topology] = (),
+    now: float = 100.0,
+    cfg: Configuration | None = None,
+    seed: int = 0,
+) -> Snapshot:
+    cluster = nodes if isinstance(nodes, Cluster) else Cluster(nodes)
+    return build_snapshot(
+        now=now,
+        cluster=cluster,
+        cluster_queues=queues,
+        cohorts=cohorts,
+        flavors=flavors or [flavor()],
+        local_queues=local_queues or [lq("q", queues[0].name)],
+        admitted=admitted,
+        pending=pend,
+        topologies=topologies,
+        config=cfg or config(),
+        seed=seed,
+    )
+
+
+def running(cluster: Cluster, name: str, node_name: str, gpus: int, *, priority: int = 0, queue: str = "cq",
+            admitted_at: float = 10.0, flavor_name: str = "gpu") -> Admitted:
+    """A workload already running one pod on ``node_name`` (bound on ``cluster``)."""
+    p = pod(gpus * G)
+    binding = cluster.bind(node_name, p)
+    wl = WorkloadInfo("default", name, "q", (PodSetInfo("main", 1, p),), priority=priority, cluster_queue=queue)
+    usage = {(flavor_name, r): v for r, v in p.items}
+    return Admitted(wl, queue, admitted_at, usage, (PodSetPlacement("main", 1, {r: flavor_name for r in p}, (node_name,)),), (binding,))
+
+
+def run(snap: Snapshot, **kw: Any) -> Decisions:
+    decisions = TesseraPolicy(**kw).schedule(snap)
+    verify(snap, decisions)
+    return decisions
+
+
+# --- the independent check ---------------------------------------------------------------------
+
+
+def podset_requests(ps: PodSetInfo, flavors: dict[str, str], count: int, covers_pods: bool) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for r, v in ps.requests.items:
+        out[(flavors[r], r)] = out.get((flavors[r], r), 0) + v * count
+    if covers_pods:
+        out[(flavors["pods"], "pods")] = out.get((flavors["pods"], "pods"), 0) + 1000 * count
+    return out
+
+
+def verify(snap: Snapshot, decisions: Decisions) -> None:
+    """Every decision is physically bindable, within quota, all-or-nothing and topology-true."""
+    cluster = snap.cluster.copy()
+    usage = snap.usage
+    by_key = {p.key: p for p in snap.pending}
+    seen: set[str] = set()
+    for adm in decisions.admissions:
+        assert adm.key in by_key, f"{adm.key} was not pending"
+        assert adm.key not in seen, f"{adm.key} admitted twice"
+        seen.add(adm.key)
+        p = by_key[adm.key]
+        assert p.not_before <= snap.now
+        wl = p.workload
+        cq_name = snap.cluster_queue_of(wl)
+        assert adm.cluster_queue == cq_name
+        tree_node = snap.tree.cluster_queue(adm.cluster_queue)
+        covers_pods = any("pods" in g.covered_resources for g in tree_node.resource_groups)
+        podsets = {ps.name: ps for ps in wl.podsets}
+        request: dict[tuple[str, str], int] = {}
+        for psp in adm.podsets:
+            ps = podsets[psp.name]
+            assert ps.lowest_count <= psp.count <= ps.count, f"{adm.key}/{psp.name}: count {psp.count}"
+            assert len(psp.nodes) == psp.count, f"{adm.key}/{psp.name}: {len(psp.nodes)} nodes for {psp.count} pods"
+            flavors = [snap.flavors[f] for f in set(psp.flavors.values())]
+            constraints = ps.constraints
+            for f in flavors:
+                constraints = admitted_constraints(constraints, f)
+            for name in psp.nodes:
+                n = cluster.nodes[name]
+                assert all(node_in_flavor(n, f) for f in flavors), f"{name} is not in flavor(s) {psp.flavors}"
+                assert node_infeasible_reason(constraints, n) is None, f"{adm.key}: {node_infeasible_reason(constraints, n)} on {name}"
+                cluster.bind(name, ps.requests)  # raises when node or device capacity is exceeded
+            if ps.topology is not None and ps.topology.required:
+                level = ps.topology.level
+                values = {cluster.nodes[n].labels.get(level) for n in psp.nodes}
+                topo_names = {f.spec.topology_name for f in flavors if f.spec.topology_name}
+                levels = snap.topologies[next(iter(topo_names))].level_labels
+                upper = levels[: levels.index(level) + 1]
+                domains = {tuple(cluster.nodes[n].labels.get(lb) for lb in upper) for n in psp.nodes}
+                assert len(values) == 1 and len(domains) == 1, f"{adm.key}: pods in {domains}"
+                assert psp.domain == next(iter(domains))
+            for fr, v in podset_requests(ps, dict(psp.flavors), psp.count, covers_pods).items():
+                request[fr] = request.get(fr, 0) + v
+        assert {k: v for k, v in adm.usage.items() if v} == {k: v for k, v in request.items() if v}, f"{adm.key} charges {adm.usage}, expected {request}"
+        fit = snap.tree.fits(adm.cluster_queue, request, usage)
+        assert fit.fits, f"{adm.key} breaks quota: {fit.reasons}"
+        usage = usage.admit(adm.cluster_queue, request)
+    for p in snap.pending:
+        if p.key not in seen:
+            assert decisions.pending.get(p.key), f"{p.key} has no pending reason"
+    for pre in decisions.preemptions:
+        assert any(a.key == pre.key for a in snap.admitted), f"preempting {pre.key}, which is not admitted"
+
+
+def admitted_keys(decisions: Decisions) -> list[str]:
+    return sorted(a.key.split("/", 1)[1] for a in decisions.admissions)
+
+
+def nodes_of(decisions: Decisions, name: str) -> tuple[str, ...]:
+    adm = next(a for a in decisions.admissions if a.key == f"default/{name}")
+    return tuple(n for p in adm.podsets for n in p.nodes)
+
+
+# --- registration ----------------------------------------------------------------------------------
+
+
+def test_registered_as_tessera_and_places_pods() -> None:
+    policy = make_policy("tessera")
+    assert isinstance(policy, TesseraPolicy)
+    assert policy.name == "tessera" and policy.places_pods is True
+
+
+# --- packing -------------------------------------------------------------------------------------
+
+
+def test_packing_admits_the_whole_node_gang_that_kueue_spreading_cannot_bind() -> None:
+    snap = snapshot([node("n0"), node("n1")], [cq("cq", 16)], pending(
+        workload("a", 4, created=1), workload("b", 4, created=2), workload("big", 8, created=3)))
+    d = run(snap)
+    assert admitted_keys(d) == ["a", "b", "big"]
+    assert len(set(nodes_of(d, "a") + nodes_of(d, "b"))) == 1  # the two halves share a node
+    assert set(nodes_of(d, "big")).isdisjoint(nodes_of(d, "a"))
+    assert d.stats.solver_status.startswith("OPTIMAL")
+
+    # Kueue admits all three by quota, then kube-scheduler's LeastAllocated spreads the halves
+    from scheduler.kueue import greedy_cycle, place_admissions
+    from scheduler.placement import default_profile
+
+    kueue = place_admissions(snap, greedy_cycle(snap, drain=True), default_profile(), gang=True)
+    assert sorted(a.key for a in kueue.admissions) == ["default/a", "default/b"]
+    assert "default/big" in kueue.pending
+
+
+def test_solver_beats_its_greedy_warm_start_on_an_order_trap() -> None:
+    # queue order 4, 2, 6, 4 on two 8-GPU nodes: best-fit in order strands the last 4
+    snap = snapshot([node("n0"), node("n1")], [cq("cq", 16)], pending(
+        workload("a", 4, created=1), workload("b", 2, created=2), workload("c", 6, created=3), workload("d", 4, created=4)))
+    placer = Placer(snap)
+    greedy, _ = greedy_cycle(prepare(snap), placer)
+    assert sorted(p.key for p in greedy) == ["default/a", "default/b", "default/c"]
+    d = run(snap)
+    assert admitted_keys(d) == ["a", "b", "c", "d"]
+    assert {frozenset(("a", "d")), frozenset(("b", "c"))} == {
+        frozenset(k for k in "abcd" if nodes_of(d, k) == (n,)) for n in ("n0", "n1")
+    }
+
+
+def test_required_rack_gang_on_a_partly_busy_cluster() -> None:
+    cluster = Cluster(rack_nodes(2, 4))
+    busy = [running(cluster, "x0", "r0n0", 8), running(cluster, "x1", "r0n1", 8), running(cluster, "x2", "r1n1", 8)]
+    snap = snapshot(
+        cluster,
+        [cq("cq", 64)],
+        pending(workload("small", 1, 2, created=1), workload("gang", 8, 3, topo=("required", "rack"), created=2)),
+        flavors=[flavor(topology="dc")],
+        topologies=[topology()],
+        admitted=busy,
+    )
+    d = run(snap)
+    assert admitted_keys(d) == ["gang", "small"]
+    gang = next(a for a in d.admissions if a.key == "default/gang").podsets[0]
+    assert gang.domain == ("b0", "r1") and sorted(gang.nodes) == ["r1n0", "r1n2", "r1n3"]
+
+
+def test_required_rack_gang_that_fits_no_rack_says_why() -> None:
+    cluster = Cluster(rack_nodes(2, 2))
+    busy = [running(cluster, "x0", "r0n0", 8)]
+    snap = snapshot(cluster, [cq("cq", 64)], pending(workload("gang", 8, 3, topo=("required", "rack"))),
+                    flavors=[flavor(topology="dc")], topologies=[topology()], admitted=busy)
+    d = run(snap)
+    assert d.admissions == []
+    assert "rack" in d.pending["default/gang"]
+
+
+def test_infeasible_gang_does_not_block_smaller_jobs() -> None:
+    snap = snapshot([node("n0"), node("n1")], [cq("cq", 100)], pending(
+        workload("huge", 8, 3, priority=10), workload("s1", 2, created=1), workload("s2", 8, created=2)))
+    d = run(snap)
+    assert admitted_keys(d) == ["s1", "s2"]
+    assert "3 pods" in d.pending["default/huge"]
+
+
+def test_fractional_gpus_share_devices() -> None:
+    snap = snapshot([node("n0", gpus=2)], [cq("cq", 16)], pending(
+        workload("h1", 0.5, created=1), workload("s6", 0.6, created=2), workload("q4", 0.4, created=3), workload("h2", 0.5, created=4),
+        workload("one", 1, created=5)))
+    d = run(snap)
+    # 500+500 on one device, 600+400 on the other: the whole GPU does not fit any more
+    assert admitted_keys(d) == ["h1", "h2", "q4", "s6"]
+    assert "default/one" in d.pending
+
+
+def test_fractional_pods_never_straddle_devices() -> None:
+    # 3 x 600m on 2 GPUs: 1800m fit in total, but only two devices have 600m free
+    snap = snapshot([node("n0", gpus=2)], [cq("cq", 16)], pending(*(workload(f"f{i}", 0.6, created=i) for i in range(3))))
+    d = run(snap)
+    assert admitted_keys(d) == ["f0", "f1"]
+
+
+# --- quota -------------------------------------------------------------------------------------------
+
+
+def test_borrowing_limit_is_respected() -> None:
+    queues = [cq("team-a", 4, cohort="co", limits={"borrowingLimit": 2}), cq("team-b", 8, cohort="co")]
+    snap = snapshot([node(f"n{i}") for i in range(4)], queues, pending(
+        workload("a1", 4, queue="qa", created=1), workload("a2", 2, queue="qa", created=2), workload("a3", 1, queue="qa", created=3)),
+        local_queues=[lq("qa", "team-a"), lq("qb", "team-b")])
+    d = run(snap)
+    assert admitted_keys(d) == ["a1", "a2"]
+    assert "borrowing limit 2" in d.pending["default/a3"]
+    assert next(a for a in d.admissions if a.key == "default/a2").borrows
+
+
+def test_lending_limit_is_respected() -> None:
+    queues = [cq("team-a", 4, cohort="co"), cq("team-b", 8, cohort="co", limits={"lendingLimit": 1})]
+    snap = snapshot([node(f"n{i}") for i in range(4)], queues, pending(
+        workload("a1", 4, queue="qa", created=1), workload("a2", 1, queue="qa", created=2), workload("a3", 1, queue="qa", created=3)),
+        local_queues=[lq("qa", "team-a"), lq("qb", "team-b")])
+    d = run(snap)
+    assert admitted_keys(d) == ["a1", "a2"]
+
+
+def test_quota_without_cohort_is_nominal() -> None:
+    snap = snapshot([node("n0"), node("n1")], [cq("cq", 9)], pending(
+        workload("a", 8, created=1), workload("b", 2, created=2), workload("c", 1, created=3)))
+    d = run(snap)
+    assert admitted_keys(d) == ["a", "c"]
+    assert "insufficient quota in ClusterQueue cq" in d.pending["default/b"]
+
+
+def test_cohort_quota_is_shared_and_borrowing_flag_set() -> None:
+    queues = [cq("team-a", 2, cohort="co"), cq("team-b", 6, cohort="co")]
+    snap = snapshot([node("n0")], queues, pending(workload("big", 8, queue="qa")),
+                    local_queues=[lq("qa", "team-a"), lq("qb", "team-b")])
+    d = run(snap)
+    assert admitted_keys(d) == ["big"] and d.admissions[0].borrows
+
+
+# --- priority, fairness, aging ----------------------------------------------------------------------------
+
+
+def test_priority_wins_over_size() -> None:
+    snap = snapshot([node("n0")], [cq("cq", 8)], pending(
+        workload("big-low", 8, priority=0, created=1), workload("small-high", 1, priority=100, created=5)))
+    d = run(snap)
+    assert admitted_keys(d) == ["small-high"]
+    assert "default/big-low" in d.pending
+
+
+def test_more_gpus_win_among_equals() -> None:
+    snap = snapshot([node("n0")], [cq("cq", 8)], pending(
+        workload("two", 2, created=1), workload("seven", 7, created=2)))
+    d = run(snap)
+    assert admitted_keys(d) == ["seven"]
+
+
+def test_fifo_breaks_ties() -> None:
+    snap = snapshot([node("n0", gpus=2)], [cq("cq", 16)], pending(*(workload(f"f{i}", 0.5, created=i) for i in range(5))))
+    d = run(snap)
+    assert admitted_keys(d) == ["f0", "f1", "f2", "f3"]
+
+
+def test_aged_gang_gets_nodes_reserved() -> None:
+    cluster = Cluster([node("n0"), node("n1")])
+    busy = [running(cluster, "x", "n0", 4)]
+    wl = [workload("gang", 8, 2, created=0.0), workload("s1", 2, created=4000.0), workload("s2", 2, created=4001.0)]
+    # with a 1 h aging threshold the gang (queued at 0, now 4100 s) is aged: its nodes are held
+    aged = run(snapshot(cluster, [cq("cq", 100)], pending(*wl), admitted=busy, now=4100.0), aging_threshold=3600.0)
+    young = run(snapshot(cluster, [cq("cq", 100)], pending(*wl), admitted=busy, now=4100.0), aging_threshold=10_000.0)
+    assert admitted_keys(aged) == []
+    assert "reserved" in aged.pending["default/s1"]
+    assert "node(s) reserved for it" in aged.pending["default/gang"]
+    assert admitted_keys(young) == ["s1", "s2"]
+
+
+def test_reservation_does_not_block_higher_priority_work() -> None:
+    cluster = Cluster([node("n0"), node("n1")])
+    busy = [running(cluster, "x", "n0", 4)]
+    wl = [workload("gang", 8, 2, created=0.0), workload("urgent", 2, priority=100, created=4000.0)]
+    d = run(snapshot(cluster, [cq("cq", 100)], pending(*wl), admitted=busy, now=4100.0), aging_threshold=3600.0)
+    assert admitted_keys(d) == ["urgent"]
+
+
+def test_fairness_prefers_the_queue_that_borrows_less() -> None:
+    # team-a (4 GPUs) already borrows 2 from team-b (6 GPUs); room for one more 2-GPU job
+    cluster = Cluster([node("n0", gpus=8), node("n1", gpus=2)])
+    busy = [running(cluster, "a-run", "n0", 6, queue="team-a"), running(cluster, "b-run", "n1", 2, queue="team-b")]
+    queues = [cq("team-a", 4, cohort="co"), cq("team-b", 6, cohort="co")]
+    snap = snapshot(cluster, queues, pending(workload("a", 2, queue="qa", created=1), workload("b", 2, queue="qb", created=2)),
+                    local_queues=[lq("qa", "team-a"), lq("qb", "team-b")], admitted=busy)
+    d = run(snap)
+    assert admitted_keys(d) == ["b"]
+
+
+# --- flavors, selectors, taints, partial admission, StrictFIFO ----------------------------------------------------
+
+
+def test_second_flavor_used_when_the_first_is_full() -> None:
+    cluster = Cluster([node("a0", labels={"gpu": "a100"}), node("h0", labels={"gpu": "h100"})])
+    busy = [running(cluster, "x", "a0", 8, flavor_name="a100")]
+    snap = snapshot(cluster, [cq("cq", 8, flavors=("a100", "h100"))], pending(workload("w", 4)),
+                    flavors=[flavor("a100", {"gpu": "a100"}), flavor("h100", {"gpu": "h100"})], admitted=busy)
+    d = run(snap)
+    assert nodes_of(d, "w") == ("h0",)
+    assert d.admissions[0].podsets[0].flavors[GPU] == "h100"
+
+
+def test_node_selector_and_taints_are_respected() -> None:
+    taint = Taint(key="dedicated", value="infer", effect="NoSchedule")
+    cluster = Cluster([node("plain"), node("tainted", taints=[taint]), node("other", labels={"zone": "b"})])
+    sel = NodeConstraints.build({"zone": "b"})
+    tol = NodeConstraints.build(None, None, [Toleration(key="dedicated", operator="Equal", value="infer", effect="NoSchedule")])
+    snap = snapshot(cluster, [cq("cq", 100)], pending(
+        workload("sel", 8, constraints=sel, created=1), workload("tol", 8, constraints=tol, created=2), workload("any", 8, created=3),
+        workload("none", 8, created=4)))
+    d = run(snap)
+    assert nodes_of(d, "sel") == ("other",)
+    assert nodes_of(d, "tol") == ("tainted",)
+    assert nodes_of(d, "any") == ("plain",)
+    assert "default/none" in d.pending
+
+
+def test_partial_admission_down_to_min_count() -> None:
+    snap = snapshot([node("n0"), node("n1")], [cq("cq", 100)], pending(workload("p", 8, 4, min_count=2)))
+    d = run(snap)
+    assert d.admissions[0].podsets[0].count == 2
+
+
+def test_strict_fifo_head_blocks_its_queue() -> None:
+    snap = snapshot([node("n0")], [cq("cq", 100, queueingStrategy="StrictFIFO")], pending(
+        workload("head", 8, 2, created=1), workload("next", 1, created=2)))
+    d = run(snap)
+    assert d.admissions == []
+    assert "StrictFIFO" in d.pending["default/next"]
+
+
+def test_backoff_and_unknown_queue_get_reasons() -> None:
+    w1 = workload("later", 1)
+    w2 = workload("lost", 1, queue="nowhere")
+    snap = snapshot([node("n0")], [cq("cq", 100)], [Pending(w1, 0.0, not_before=500.0), Pending(w2, 0.0)])
+    d = run(snap)
+    assert d.admissions == []
+    assert "backoff" in d.pending["default/later"]
+    assert "does not exist" in d.pending["default/lost"]
+
+
+def test_namespace_selector_and_stopped_queues_get_reasons() -> None:
+    unselected = ClusterQueue.model_validate({"metadata": {"name": "closed"}, "spec": {"resourceGroups": cq("x").model_dump(by_alias=True)["spec"]["resourceGroups"]}})
+    stopped = cq("stopped", stopPolicy="Hold")
+    snap = snapshot([node("n0")], [cq("cq"), unselected, stopped], pending(
+        workload("a", 1, queue="qc"), workload("b", 1, queue="qs"), workload("ok", 1, queue="q")),
+        local_queues=[lq("q", "cq"), lq("qc", "closed"), lq("qs", "stopped")])
+    d = run(snap)
+    assert admitted_keys(d) == ["ok"]
+    assert "namespaceSelector" in d.pending["default/a"]
+    assert "stopped" in d.pending["default/b"]
+
+
+# --- preemption ------------------------------------------------------------------------------------------
+
+
+def _preemption_case(policy: str) -> Snapshot:
+    cluster = Cluster([node("n0")])
+    low = running(cluster, "low", "n0", 8, priority=0)
+    return snapshot(cluster, [cq("cq", 8, preemption={"withinClusterQueue": policy})], pending(workload("high", 8, priority=100, created=50)),
+                    admitted=[low])
+
+
+def test_preemption_within_cluster_queue() -> None:
+    d = run(_preemption_case("LowerPriority"))
+    assert d.admissions == []
+    assert [(p.key, p.preemptor, str(p.reason)) for p in d.preemptions] == [("default/low", "default/high", "InClusterQueue")]
+    assert "waiting for 1 preempted workload" in d.pending["default/high"]
+
+
+def test_no_preemption_when_the_policy_says_never() -> None:
+    d = run(_preemption_case("Never"))
+    assert d.preemptions == []
+
+
+def test_reclaim_within_cohort() -> None:
+    cluster = Cluster([node("n0")])
+    lender_use = running(cluster, "borrower", "n0", 8, priority=0, queue="team-b")
+    queues = [cq("team-a", 4, cohort="co", preemption={"reclaimWithinCohort": "Any"}), cq("team-b", 4, cohort="co")]
+    snap = snapshot(cluster, queues, pending(workload("mine", 4, queue="qa")), admitted=[lender_use],
+                    local_queues=[lq("qa", "team-a"), lq("qb", "team-b")])
+    d = run(snap)
+    assert [(p.key, str(p.reason)) for p in d.preemptions] == [("default/borrower", "InCohortReclamation")]
+
+
+# --- determinism, fallback, stats --------------------------------------------------------------------------
+
+
+def _medium(seed: int, cfg: Configuration) -> Snapshot:
+    import random
+
+    rng = random.Random(seed)
+    nodes = rack_nodes(2, 4)
+    wls = []
+    for i in range(24):
+        shape = rng.choice([(0.5, 1), (1, 1), (2, 1), (4, 1), (8, 1), (8, 2)])
+        wls.append(workload(f"w{i}", shape[0], shape[1], priority=rng.choice([0, 0, 5]), created=float(i)))
+    return snapshot(nodes, [cq("cq", 48)], pending(*wls), cfg=cfg, seed=seed)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_seed_same_decisions(workers: int) -> None:
+    cfg = config(time_limit=1.0, workers=workers)
+    first = run(_medium(3, cfg))
+    second = run(_medium(3, cfg))
+    assert [(a.key, a.podsets) for a in first.admissions] == [(a.key, a.podsets) for a in second.admissions]
+    assert first.pending == second.pending
+
+
+def test_independent_components_solved_side_by_side_are_deterministic() -> None:
+    def world() -> Snapshot:
+        nodes = [node(f"a{i}", labels={"gpu": "a"}) for i in range(3)] + [node(f"b{i}", labels={"gpu": "b"}) for i in range(3)]
+        wls = [workload(f"x{i}", g, queue="qa", created=float(i)) for i, g in enumerate([4, 2, 6, 4, 3, 5])]
+        wls += [workload(f"y{i}", g, queue="qb", created=float(i)) for i, g in enumerate([1, 8, 3, 5, 2, 6, 0.5])]
+        return snapshot(nodes, [cq("team-a", 100, flavors=("fa",)), cq("team-b", 100, flavors=("fb",))], pending(*wls),
+                        flavors=[flavor("fa", {"gpu": "a"}), flavor("fb", {"gpu": "b"})],
+                        local_queues=[lq("qa", "team-a"), lq("qb", "team-b")], cfg=config(time_limit=1.0, workers=2))
+
+    policy = TesseraPolicy()
+    first = policy.schedule(world())
+    assert policy.last is not None and policy.last.components == 2
+    verify(world(), first)
+    second = TesseraPolicy().schedule(world())
+    assert [(a.key, a.podsets) for a in first.admissions] == [(a.key, a.podsets) for a in second.admissions]
+
+
+def test_zero_time_falls_back_to_the_greedy_cycle() -> None:
+    snap = _medium(5, config(time_limit=0.0))
+    d = run(snap)
+    assert "greedy fallback" in d.stats.solver_status
+    greedy = TesseraPolicy()._greedy(snap, prepare(snap), [])
+    assert sorted(a.key for a in d.admissions) == sorted(p.key for p in greedy.admitted)
+    assert {a.key: a.podsets[0].nodes for a in d.admissions} == {p.key: p.nodes[0] for p in greedy.admitted}
+
+
+def test_never_less_priority_weighted_gpu_than_greedy() -> None:
+    from scheduler.kueue import greedy_cycle as kueue_cycle
+    from scheduler.kueue import place_admissions
+    from scheduler.solver import _compare, _placed_value
+
+    for seed in (7, 8, 9):
+        snap = _medium(seed, config(time_limit=1.0))
+        d = run(snap)
+        placer = Placer(snap)
+        greedy, _ = greedy_cycle(prepare(snap), placer)
+        assert _compare(decisions_value(d, snap), _placed_value(greedy, snap.cluster.accelerators)) >= 0
+        kueue = place_admissions(snap, kueue_cycle(snap, drain=True), gang=True)
+        assert _compare(decisions_value(d, snap), decisions_value(kueue, snap)) >= 0
+
+
+def test_stats_report_status_objective_and_bound() -> None:
+    d = run(snapshot([node("n0"), node("n1")], [cq("cq", 16)], pending(workload("a", 4), workload("b", 8, created=1))))
+    assert d.stats.policy == "tessera"
+    assert d.stats.solver_status == "OPTIMAL"
+    assert d.stats.objective is not None and d.stats.bound is not None and d.stats.objective == d.stats.bound
+    assert d.stats.considered == 2 and d.stats.seconds > 0
+
+
+def test_reason_for_capacity_taken_by_better_packing() -> None:
+    # the greedy would admit "first" (8 GPUs of one node), the solver prefers two higher-value jobs
+    snap = snapshot([node("n0", gpus=4)], [cq("cq", 100)], pending(workload("x", 3, created=1), workload("y", 2, created=2),
+                                                                   workload("z", 2, created=3)))
+    d = run(snap)
+    assert admitted_keys(d) == ["y", "z"]
+    assert d.pending["default/x"].startswith(NOT_ADMITTED)
