@@ -183,3 +183,25 @@ def test_admission_fair_sharing_orders_local_queues(tmp_path: Path, write_yaml: 
     plain = json.loads(runner.invoke(app, ["simulate", *args, "--policy", "bestfit", "--json"]).stdout)
     by_name = {w["name"]: w for w in plain["results"][0]["workloads"]}
     assert by_name["job-second"]["started_at"] == 100 and by_name["job-late"]["started_at"] == 200
+
+
+def test_tessera_places_pods_at_admission(tmp_path: Path, write_yaml: Callable[..., Path]) -> None:
+    # The case where Kueue's spreading strands the gang: tessera packs the small jobs and the
+    # gang starts at once, with no eviction.
+    jobs = [job(f"s{i}", 1, 1, 0, 3000) for i in range(3)] + [job("gang", 8, 1, 1, 100)]
+    args = files(tmp_path, write_yaml, jobs)
+    data = json.loads(runner.invoke(app, ["simulate", *args, "--policy", "tessera,kueue", "--json"]).stdout)
+    tessera, kueue = ({w["name"]: w for w in run["workloads"]} for run in data["results"])
+    assert all(w["admitted_at"] == w["started_at"] for w in tessera.values())
+    assert tessera["job-gang"]["started_at"] == 1
+    assert kueue["job-gang"]["started_at"] > 1
+
+
+def test_default_run_compares_tessera_and_kueue() -> None:
+    result = runner.invoke(app, ["simulate", "--json"])
+    assert result.exit_code == 0, result.output
+    runs = {r["policy"]: r for r in json.loads(result.stdout)["results"]}
+    assert set(runs) == {"tessera", "kueue"}
+    for run in runs.values():
+        assert run["metrics"]["workloads"] == len(run["workloads"]) >= 400
+        assert run["metrics"]["admitted"] > 0
