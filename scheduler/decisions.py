@@ -93,12 +93,6 @@ def make_policy(name: str) -> Policy:
 
 
 def _load_builtin() -> None:
-    """Import the built-in policy modules, which register themselves."""
-    import importlib
-
-    for module in ("scheduler.kueue", "scheduler.solver"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    """Import the built-in policy modules, which register themselves (late, as they import this one)."""
+    import scheduler.kueue  # noqa: F401
+    import scheduler.solver  # noqa: F401
