@@ -313,6 +313,8 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed", help="Seed for the workload generator, placement ties and the solver.")] = 42,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write results.sqlite, plots and report.html here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as one JSON object (DESIGN.md format).")] = False,
+    inflate: Annotated[float, typer.Option("--inflate", help="Fill mode: arrived GPU demand to reach, in multiples of the cluster's GPU capacity.")] = 1.3,
+    batch: Annotated[int, typer.Option("--batch", help="Fill mode: arrivals a policy decides at once.")] = 1,
 ) -> None:
     """Replay a workload through scheduling policies side by side; with no inputs, the built-in default setup."""
     import json
@@ -323,8 +325,12 @@ def simulate(
     from simulator.report import metrics_table, write_outputs
     from simulator.run import load_inputs, parse_policies, run
 
-    if mode != "replay":
-        fail(f'--mode: "{mode}" is not available yet (replay is)' if mode == "fill" else f'--mode: must be replay or fill, got "{mode}"')
+    if mode not in ("replay", "fill"):
+        fail(f'--mode: must be replay or fill, got "{mode}"')
+    if not inflate > 0 or inflate == float("inf"):
+        fail(f"--inflate: must be a number greater than 0, got {inflate}")
+    if batch < 1:
+        fail(f"--batch: must be at least 1, got {batch}")
     try:
         names = parse_policies(policy)
     except ValueError as exc:
@@ -334,17 +340,36 @@ def simulate(
     except ManifestError as exc:
         report(exc.problems)
         raise typer.Exit(BAD_INPUT) from None
-    horizon = max((job.submit_at for job in inputs.setup.jobs), default=0.0) or 1.0
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-        console=err, transient=True, disable=not err.is_terminal,
-    ) as bar:
-        tasks = {name: bar.add_task(f"simulating {name}", total=horizon) for name in names}
-        results = run(inputs, names, lambda name, at: bar.update(tasks[name], completed=min(at, horizon)))
+    if mode == "fill":  # the FGD paper's packing experiment (docs/fill-mode.md)
+        from simulator.fill import FillConfig, run_fill_policies
+
+        fill_config = FillConfig(inflate=inflate, seed=seed, batch=batch)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+            console=err, transient=True, disable=not err.is_terminal,
+        ) as bar:
+            fill_tasks = {name: bar.add_task(f"filling with {name}", total=None) for name in names}
+            try:
+                results = run_fill_policies(
+                    inputs.setup, names, fill_config,
+                    progress=lambda name, done, total: bar.update(fill_tasks[name], completed=done, total=total))
+            except ValueError as exc:
+                fail(f"--mode fill: {exc}")
+        arrivals = len(results[0].workloads) if results else 0
+        inputs.description += f"; fill mode: {arrivals} arrivals up to {inflate:g}x GPU capacity, batch {batch}"
+    else:
+        horizon = max((job.submit_at for job in inputs.setup.jobs), default=0.0) or 1.0
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+            console=err, transient=True, disable=not err.is_terminal,
+        ) as bar:
+            tasks = {name: bar.add_task(f"simulating {name}", total=horizon) for name in names}
+            results = run(inputs, names, lambda name, at: bar.update(tasks[name], completed=min(at, horizon)))
     if out_dir is not None:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            write_outputs(out_dir, results, quotas=inputs.quotas, mode=mode, seed=seed, title="Tessera simulation",
+            write_outputs(out_dir, results, quotas=inputs.quotas, mode=mode, seed=seed,  # type: ignore[arg-type]
+                          title="Tessera simulation" + (" (fill mode)" if mode == "fill" else ""),
                           description=inputs.description)
         except OSError as exc:
             fail(f"{out_dir}: cannot write: {exc.strerror or exc}")
@@ -353,7 +378,7 @@ def simulate(
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     out.print(inputs.description, markup=False)
-    out.print(metrics_table(results))
+    out.print(metrics_table(results, mode=mode))  # type: ignore[arg-type]
     if out_dir is not None:
         out.print(f"report: {out_dir / 'report.html'}", markup=False)
 

@@ -1,0 +1,798 @@
+"""Fill mode: the FGD paper's packing experiment (``tessera simulate --mode fill``).
+
+Weng et al., "Beware of Fragmentation: Scheduling GPU-Sharing Workloads with Fragmentation
+Gradient Descent", USENIX ATC'23, and its artifact (hkust-adsl/kubernetes-scheduler-simulator,
+``experiments/run_scripts/generate_run_scripts.py``: ``-tune 1.3 -tuneseed 42..51
+--shuffle-pod=true``). docs/fill-mode.md describes the experiment and our deviations.
+
+1. **Pod list**: every pod of every workload of the trace (one openb row is one pod; a
+   podset of N pods gives N entries), CPU-only pods included, as the artifact does.
+2. **Arrivals** (`arrival_order`): with ``random.Random(seed)``, the pod list sorted by name
+   is shuffled; then, as the artifact's ``TunePodsByNodeTotalResource`` does, pods drawn with
+   replacement from the (name-sorted) list are appended until the next one would push the
+   requested GPU (``nvidia.com/gpu`` milli: num_gpu x gpu_milli for openb) over ``inflate`` x
+   the cluster's GPU capacity; a trace already above the target instead loses randomly
+   chosen pods until it is not. ``sampling="iid"`` instead draws every arrival with
+   replacement and shuffles them.
+3. **Placement**: arrivals come one at a time (or ``batch`` at a time), never leave, and are
+   placed at once on a node or fail: no queueing, no quota (one ClusterQueue covering the
+   cluster; physical fit is all that matters).
+4. **Measure**: after every decision, the arrived demand and the allocated GPU milli in percent
+   of capacity; ``gpu_allocation_at`` is computed from those records exactly as the artifact's
+   ``merge_alloc_discrete_0920.py`` does (see `allocation_at`).
+
+Placement rules (``scoring``):
+
+* ``"paper"`` (the default, what the CLI runs): the artifact's scheduler configuration, so
+  that fill mode reproduces the paper. ``random``: a uniformly random feasible node and, for
+  a GPU share, a uniformly random fitting GPU (``gpuSelMethod: random``). ``bestfit``: the
+  artifact's BestFit score (`PaperBestFit`; not kube-scheduler's MostAllocated). ``fgd``:
+  FGD with the artifact's integer score ``int(sigmoid(dF/1000) x 100)``
+  (`FGDScorer(reference_scoring=True)`) over the trace's task distribution (95% most popular
+  (cpu, GPU) shapes, CPU-only pods included). ``kueue``: kube-scheduler's default profile
+  (the policy's own scorer). Score ties go to the first node of a seeded random node order,
+  the same for every policy of a seed: the artifact renames nodes with a seeded random
+  ``%04d-`` prefix and its patched kube-scheduler breaks ties by node name. This tie-break
+  is an implicit packing rule; per-pod random tie-breaks lose 1-2 points for bestfit and fgd.
+* ``"policy"``: every baseline places exactly as in replay mode, through
+  `scheduler.placement.place_podset` with ``policy.scorer_for(snapshot)`` and
+  ``policy.rng_for(snapshot)`` (kube-scheduler scoring, random tie-break).
+* ``tessera`` (both): the CP-SAT solver is NOT used (``scheduler.solver`` has no batch
+  placement API); arrivals are placed by a fragmentation-aware rule: FGD's integer score over
+  the trace's (cpu, memory, GPU) task distribution (memory too, because the cluster enforces
+  it), the seeded node-order tie-break, and within a batch of K arrivals GPU shares first,
+  then the rest largest GPU request first (`_batch_rank`).
+
+Speed: filtering is vectorised over nodes (`_NodeArrays`), and a pod shape's score on a node
+is memoised under (scorer static key, node state id), so only node states a shape has not
+met yet are scored: the default openb trace (~10,800 arrivals, 1,213 nodes) takes 1-6 s per
+policy.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from quotas.units import MILLI
+from scheduler.affinity import NodeConstraints
+from scheduler.cluster import DEVICE_MILLI, GPU_RESOURCE, Cluster, NodeInfo, PodRequest, device_shape
+from scheduler.decisions import Policy, make_policy
+from scheduler.fgd import FGDScorer, TaskDistribution, node_fragmentation
+from scheduler.placement import RandomScorer, Scorer, candidate_nodes, place_podset
+from scheduler.snapshot import Pending, Snapshot, build_snapshot
+from scheduler.workload import PodSetInfo
+from simulator.engine import RunResult, Sample, Setup, WorkloadRecord
+from simulator.trace import SimJob
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "DEFAULT_INFLATE",
+    "DEFAULT_LEVELS",
+    "FillConfig",
+    "FillPod",
+    "FillRun",
+    "PaperBestFit",
+    "allocation_at",
+    "arrival_order",
+    "default_levels",
+    "pod_list",
+    "run_fill",
+    "run_fill_policies",
+]
+
+DEFAULT_INFLATE = 1.3
+DEFAULT_BATCH = 1
+DEFAULT_LEVELS: tuple[int, ...] = (80, 90, 100, 110, 120, 130)
+"""Arrived demand (percent of cluster GPU capacity) at which DESIGN.md reports allocation."""
+MAX_SAMPLES = 2000
+"""Time-series samples kept per run by default (the metrics use every decision)."""
+PAPER_MAX_SPEC_CPU = 128_000
+PAPER_MAX_SPEC_GPU = 8_000
+"""The artifact's normalisation constants (``MaxSpecCpu``/``MaxSpecGpu``, milli) for BestFit."""
+
+Scoring = Literal["paper", "policy"]
+Sampling = Literal["artifact", "iid"]
+Progress = Callable[[int, int], None]
+"""``progress(arrivals done, arrivals in all)``."""
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FillConfig:
+    """How to run the experiment; `validate` raises ValueError naming the CLI option."""
+
+    inflate: float = DEFAULT_INFLATE
+    seed: int = 42
+    batch: int = DEFAULT_BATCH
+    scoring: Scoring = "paper"
+    sampling: Sampling = "artifact"
+    levels: tuple[int, ...] | None = None
+    """Arrived-demand levels for ``gpu_allocation_at``; None: `default_levels`."""
+    sample_every: int | None = None
+    """Keep a time-series sample every N decisions; None: at most `MAX_SAMPLES` samples."""
+
+    def validate(self) -> FillConfig:
+        if not isinstance(self.inflate, (int, float)) or not math.isfinite(self.inflate) or self.inflate <= 0:
+            raise ValueError(f"--inflate: must be a number greater than 0, got {self.inflate}")
+        if not isinstance(self.batch, int) or self.batch < 1:
+            raise ValueError(f"--batch: must be an integer of at least 1, got {self.batch}")
+        if self.scoring not in ("paper", "policy"):
+            raise ValueError(f'scoring must be "paper" or "policy", got "{self.scoring}"')
+        if self.sampling not in ("artifact", "iid"):
+            raise ValueError(f'sampling must be "artifact" or "iid", got "{self.sampling}"')
+        if self.sample_every is not None and self.sample_every < 1:
+            raise ValueError(f"sample_every must be at least 1, got {self.sample_every}")
+        if self.levels is not None and any(level <= 0 for level in self.levels):
+            raise ValueError(f"levels must be positive percentages, got {self.levels}")
+        return self
+
+    @property
+    def allocation_levels(self) -> tuple[int, ...]:
+        return tuple(self.levels) if self.levels is not None else default_levels(self.inflate)
+
+
+def default_levels(inflate: float) -> tuple[int, ...]:
+    """80, 90, ... up to 130 (or further when ``inflate`` > 1.3); 10, 20, ... below 80% targets."""
+    top = max(10, int(math.floor(inflate * 100 + 1e-9)) // 10 * 10)
+    if top < DEFAULT_LEVELS[0]:
+        return tuple(range(10, top + 1, 10))
+    return tuple(range(DEFAULT_LEVELS[0], max(top, DEFAULT_LEVELS[-1]) + 1, 10))
+
+
+# --- the pod list and the arrivals --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FillPod:
+    """One pod of the trace's pod list: what the experiment samples and places."""
+
+    name: str
+    namespace: str
+    queue: str
+    workload_type: str
+    podset: PodSetInfo
+    """The pod's podset with count 1 (requests and node constraints)."""
+    source: str = ""
+
+    @property
+    def request(self) -> PodRequest:
+        return self.podset.requests
+
+    @property
+    def constraints(self) -> NodeConstraints:
+        return self.podset.constraints
+
+    @property
+    def gpu_milli(self) -> int:
+        """Requested GPU milli (num_gpu x gpu_milli for openb)."""
+        return self.podset.requests.get(GPU_RESOURCE)
+
+
+def pod_list(jobs: Iterable[SimJob]) -> list[FillPod]:
+    """Every pod of every workload, in trace order (podsets of N pods give N entries named ``-podset-i``)."""
+    pods: list[FillPod] = []
+    for job in jobs:
+        workload = job.workload
+        single = sum(ps.count for ps in workload.podsets) == 1
+        for podset in workload.podsets:
+            one = podset if podset.count == 1 and podset.min_count in (None, 1) else PodSetInfo(
+                podset.name, 1, podset.requests, constraints=podset.constraints)
+            for i in range(podset.count):
+                name = workload.name if single else f"{workload.name}-{podset.name}-{i}"
+                pods.append(FillPod(name, workload.namespace, workload.local_queue, workload.workload_type, one, job.source))
+    return pods
+
+
+def arrival_order(pods: Sequence[FillPod], capacity_milli: int, inflate: float, seed: int,
+                  sampling: Sampling = "artifact") -> list[FillPod]:
+    """The arrivals of one seeded run (see the module docstring); the same for every policy.
+
+    Raises ValueError when the cluster has no GPU or no pod requests any (the target cannot
+    be reached by sampling).
+    """
+    if capacity_milli <= 0:
+        raise ValueError("the cluster has no nvidia.com/gpu capacity: fill mode packs GPU pods")
+    if not pods:
+        raise ValueError("the workload holds no pods")
+    if not any(p.gpu_milli > 0 for p in pods):
+        raise ValueError("no pod of the workload requests nvidia.com/gpu: fill mode cannot reach its demand target")
+    rng = random.Random(seed)
+    target = inflate * capacity_milli
+    base = sorted(pods, key=lambda p: (p.namespace, p.name))
+    if sampling == "iid":
+        order: list[FillPod] = []
+        total = 0
+        while True:
+            pod = base[rng.randrange(len(base))]
+            if total + pod.gpu_milli > target:
+                break
+            order.append(pod)
+            total += pod.gpu_milli
+        rng.shuffle(order)
+        return order
+    order = list(base)
+    rng.shuffle(order)
+    total = sum(p.gpu_milli for p in order)
+    if total > target:  # tune down: drop random pods
+        while total > target and order:
+            pod = order.pop(rng.randrange(len(order)))
+            total -= pod.gpu_milli
+    else:  # tune up: append pods sampled with replacement
+        while True:
+            pod = base[rng.randrange(len(base))]
+            if total + pod.gpu_milli > target:
+                break
+            order.append(pod)
+            total += pod.gpu_milli
+    return order
+
+
+# --- the measure -----------------------------------------------------------------------------
+
+
+def allocation_at(arrived_pct: Sequence[float], allocated_pct: Sequence[float],
+                  levels: Iterable[float] = DEFAULT_LEVELS) -> dict[str, float]:
+    """Allocation (percent of GPU capacity) when arrived demand reached each level, keys as strings.
+
+    As the artifact's ``merge_alloc_discrete_0920.py``: the mean of the (2-decimal) allocation
+    of the records whose arrived demand rounds to the level; if none, of those within one
+    point of it. Coarse runs (a few big pods) may have neither: then the allocation right
+    after the first record at or beyond the level. Levels never reached are left out. The
+    records must be in arrival order (both sequences non-decreasing).
+    """
+    if len(arrived_pct) != len(allocated_pct):
+        raise ValueError("arrived_pct and allocated_pct differ in length")
+    rounded = [round(a) for a in arrived_pct]
+    allocs = [round(a, 2) for a in allocated_pct]
+    out: dict[str, float] = {}
+    for level in levels:
+        values = [allocs[i] for i, r in enumerate(rounded) if r == level]
+        if not values:
+            values = [allocs[i] for i, a in enumerate(arrived_pct) if level - 1 <= a <= level + 1]
+        if not values:
+            values = next(([allocs[i]] for i, a in enumerate(arrived_pct) if a >= level), [])
+        if values:
+            out[f"{level:g}"] = round(sum(values) / len(values), 2)
+    return out
+
+
+# --- scorers -------------------------------------------------------------------------------
+
+
+class PaperBestFit(Scorer):
+    """The artifact's BestFit score (``plugin/best_fit_score.go``): integer
+    ``(1 - 0.5 (cpu_free - cpu_req) / 128 CPU - 0.5 (gpu_free - gpu_req) / 8 GPU) x 100``, where
+    gpu_free is the node's free GPU milli over all devices; the least left over wins."""
+
+    name = "PaperBestFit"
+
+    def __init__(self, gpu_resource: str = GPU_RESOURCE) -> None:
+        super().__init__()
+        self.gpu_resource = gpu_resource
+
+    def score(self, node: NodeInfo, pod: PodRequest) -> float:
+        cpu_left = node.free("cpu") - pod.get("cpu")
+        gpu_left = sum(node.devices.get(self.gpu_resource, ())) - pod.get(self.gpu_resource)
+        return float(int((1.0 - (0.5 * cpu_left / PAPER_MAX_SPEC_CPU + 0.5 * gpu_left / PAPER_MAX_SPEC_GPU)) * 100))
+
+
+def _distribution(pods: Sequence[FillPod], resources: Sequence[str] | None) -> TaskDistribution:
+    return TaskDistribution.from_requests(((p.request, p.constraints) for p in pods), resources=resources)
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    node: str | None
+    reason: str = ""
+
+
+_NEG_INF = float("-inf")
+_MEMO_LIMIT = 25_000_000
+"""Memoised scores kept at most (floats over all pod shapes, 200 MB)."""
+_UNLIMITED_PODS = 1 << 40
+TESSERA_WINDOW = int(__import__("os").environ.get("TW", "16"))
+
+
+class _NodeArrays:
+    """What filtering needs of every node, as numpy vectors in the run's node order.
+
+    Free amount per requested resource, and per accelerator the largest free share of one
+    device and the number of whole free devices, and the room left under the pods limit:
+    enough to decide `NodeInfo.fit_failure` for all nodes at once (`mask`), with the same
+    checks in the same order (`reasons`). Plus each node's memo key: an int standing for
+    (scorer static key, node state id), under which a pod shape's score is memoised. After a
+    bind only that node's entries are refreshed (`update`).
+    """
+
+    def __init__(self, nodes: Sequence[NodeInfo], accelerators: Iterable[str],
+                 static_key: Callable[[NodeInfo], Hashable]) -> None:
+        self.nodes = list(nodes)
+        self.position = {n.name: i for i, n in enumerate(self.nodes)}
+        n = len(self.nodes)
+        self.free: dict[str, np.ndarray] = {}
+        self.accelerators = frozenset(accelerators)
+        self.device_max: dict[str, np.ndarray] = {}
+        self.device_full: dict[str, np.ndarray] = {}
+        for resource in sorted(self.accelerators):
+            self.device_max[resource] = np.zeros(n, dtype=np.int64)
+            self.device_full[resource] = np.zeros(n, dtype=np.int64)
+        self.pods_left = np.zeros(n, dtype=np.int64)
+        self.static = [static_key(node) for node in self.nodes]
+        self.key = np.zeros(n, dtype=np.int64)
+        self._key_ids: dict[tuple[Hashable, int], int] = {}
+        for i in range(n):
+            self.update(i)
+
+    def intern(self, static: Hashable, state_id: int) -> int:
+        key = (static, state_id)
+        found = self._key_ids.get(key)
+        if found is None:
+            found = self._key_ids[key] = len(self._key_ids)
+        return found
+
+    @property
+    def keys_seen(self) -> int:
+        return len(self._key_ids)
+
+    def _free_of(self, resource: str) -> np.ndarray:
+        found = self.free.get(resource)
+        if found is None:
+            found = self.free[resource] = np.array(
+                [node.allocatable.get(resource, 0) - node.used.get(resource, 0) for node in self.nodes], dtype=np.int64)
+        return found
+
+    def update(self, i: int) -> None:
+        node = self.nodes[i]
+        for resource, free in self.free.items():
+            free[i] = node.allocatable.get(resource, 0) - node.used.get(resource, 0)
+        for resource in self.device_max:
+            devices = node.devices.get(resource)
+            self.device_max[resource][i] = max(devices) if devices else 0
+            self.device_full[resource][i] = sum(1 for d in devices if d == DEVICE_MILLI) if devices else 0
+        limit = node.max_pods
+        self.pods_left[i] = _UNLIMITED_PODS if limit is None else limit - node.pod_count
+        self.key[i] = self.intern(self.static[i], node.state_id)
+
+    def _checks(self, request: PodRequest) -> Iterator[tuple[np.ndarray, str]]:
+        """(nodes that fail, message) per check, in `NodeInfo.fit_failure`'s order (messages alike)."""
+        yield self.pods_left < 1, "Too many pods"
+        for resource, amount in request.items:
+            yield self._free_of(resource) < amount, f"Insufficient {resource}"
+            if resource not in self.accelerators:
+                continue
+            shape = device_shape(amount)
+            if shape is None:
+                yield (np.ones(len(self.nodes), dtype=bool),
+                       f"{resource} request {amount}m is neither a share of one device nor whole devices")
+                continue
+            count, per = shape
+            if per < DEVICE_MILLI:
+                yield self.device_max[resource] < per, f"Insufficient {resource}: no single device has {per}m free"
+            else:
+                yield self.device_full[resource] < count, f"Insufficient {resource}: fewer than {count} whole free devices"
+
+    def mask(self, request: PodRequest) -> np.ndarray:
+        """Nodes the pod fits on now (resources, devices, pods limit)."""
+        fits = self.pods_left >= 1
+        for resource, amount in request.items:
+            fits &= self._free_of(resource) >= amount
+            if resource in self.accelerators:
+                shape = device_shape(amount)
+                if shape is None:
+                    fits[:] = False
+                elif shape[1] < DEVICE_MILLI:
+                    fits &= self.device_max[resource] >= shape[1]
+                else:
+                    fits &= self.device_full[resource] >= shape[0]
+        return fits
+
+    def reasons(self, request: PodRequest, among: np.ndarray) -> Counter[str]:
+        """For the nodes ``among`` (indices), how many fail each check first."""
+        left = np.zeros(len(self.nodes), dtype=bool)
+        left[among] = True
+        out: Counter[str] = Counter()
+        for failing, message in self._checks(request):
+            hit = left & failing
+            count = int(hit.sum())
+            if count:
+                out[message] += count
+                left &= ~hit
+        if left.any():
+            out["did not fit"] += int(left.sum())
+        return out
+
+
+@dataclass
+class FillRun:
+    """One policy over one arrival sequence; `run()` returns the `RunResult`."""
+
+    setup: Setup
+    policy_name: str
+    config: FillConfig = field(default_factory=FillConfig)
+    pods: list[FillPod] | None = None
+    """The trace's pod list (default: `pod_list` of ``setup.jobs``)."""
+    arrivals: list[FillPod] | None = None
+    """The arrival sequence (default: `arrival_order` from the config); shared across policies."""
+    progress: Progress | None = None
+
+    def __post_init__(self) -> None:
+        self.config.validate()
+        self.cluster = Cluster.from_nodes(self.setup.nodes)
+        self.capacity = self.cluster.capacity(GPU_RESOURCE)
+        if self.pods is None:
+            self.pods = pod_list(self.setup.jobs)
+        if self.arrivals is None:
+            self.arrivals = arrival_order(self.pods, self.capacity, self.config.inflate, self.config.seed, self.config.sampling)
+        self.policy: Policy = make_policy(self.policy_name)
+        self.snapshot = self._snapshot()
+        self.rng = self._rng()
+        self.node_rank = _node_rank(self.cluster, self.config.seed)
+        self.scorer, self.tie_break = self._placement()
+        self._arrays: _NodeArrays | None = None
+        self._pools: dict[NodeConstraints, np.ndarray] = {}
+        self._scores: dict[PodRequest, tuple[np.ndarray, dict[int, Any]]] = {}
+        self._memo_floats = 0
+        self._frag_dist: TaskDistribution | None = None
+        self._frag_memo: dict[int, float] = {}
+        queues = {(q.namespace, q.name): q.spec.cluster_queue for q in self.setup.local_queues}
+        self._cq = queues
+        flavors = [f.name for f in self.setup.flavors]
+        self._flavor = flavors[0] if len(flavors) == 1 else None
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def _snapshot(self) -> Snapshot:
+        """A snapshot for ``scorer_for``/``rng_for``: the trace's workloads pending (FGD's
+        distribution), the run's seed; admission by quota plays no part in fill mode."""
+        return build_snapshot(
+            now=0.0,
+            cluster=self.cluster,
+            cluster_queues=self.setup.cluster_queues,
+            cohorts=self.setup.cohorts,
+            flavors=self.setup.flavors,
+            local_queues=self.setup.local_queues,
+            pending=[Pending(job.workload, job.submit_at) for job in self.setup.jobs],
+            topologies=self.setup.topologies,
+            config=self.setup.config,
+            seed=self.config.seed,
+        )
+
+    def _rng(self) -> random.Random:
+        rng_for = getattr(self.policy, "rng_for", None)
+        return rng_for(self.snapshot) if rng_for is not None else random.Random(f"{self.policy_name}/{self.config.seed}")
+
+    def _placement(self) -> tuple[Scorer, str]:
+        """(scorer, tie-break): "order" (first best node in the seeded node order), "uniform" (a random
+        feasible node), "policy" (`place_podset`: kube-scheduler's random tie-break)."""
+        name = self.policy_name
+        assert self.pods is not None
+        if name == "tessera":
+            return FGDScorer(_distribution(self.pods, None), reference_scoring=True), "order"
+        scorer_for = getattr(self.policy, "scorer_for", None)
+        if self.config.scoring == "policy":
+            if scorer_for is None:
+                raise ValueError(f"policy {name} has no kube-scheduler scorer")
+            return scorer_for(self.snapshot), "policy"
+        if name == "random":
+            return RandomScorer(), "uniform"
+        if name == "bestfit":
+            return PaperBestFit(), "order"
+        if name == "fgd":
+            return FGDScorer(_distribution(self.pods, ("cpu", GPU_RESOURCE)), reference_scoring=True), "order"
+        if scorer_for is None:
+            raise ValueError(f"policy {name} has no kube-scheduler scorer")
+        return scorer_for(self.snapshot), "order"
+
+    # --- placing -------------------------------------------------------------------------------
+
+    @property
+    def arrays(self) -> _NodeArrays:
+        if self._arrays is None:
+            nodes = sorted(self.cluster, key=lambda n: self.node_rank[n.name])
+            self._arrays = _NodeArrays(nodes, self.cluster.accelerators, self.scorer.static_key)
+        return self._arrays
+
+    def _pool(self, constraints: NodeConstraints) -> np.ndarray:
+        """Indices (in node order) of the nodes the constraints allow (labels, taints, schedulable)."""
+        pool = self._pools.get(constraints)
+        if pool is None:
+            position = self.arrays.position
+            pool = self._pools[constraints] = np.array(
+                sorted(position[n.name] for n in candidate_nodes(self.cluster, constraints)), dtype=np.int64)
+        return pool
+
+    def _place(self, pod: FillPod) -> _Outcome:
+        if self.tie_break == "policy":
+            result = place_podset(self.cluster, pod.podset, None, self.scorer, self.rng, count=1)
+            return _Outcome(result.nodes[0]) if result else _Outcome(None, result.reason or "does not fit")
+        request = pod.request
+        arrays = self.arrays
+        pool = self._pool(pod.constraints)
+        fits = arrays.mask(request)[pool]
+        feasible = np.flatnonzero(fits)
+        if not len(feasible):
+            return _Outcome(None, self._why_not(request, pool))
+        prefer = None
+        if self.tie_break == "uniform":
+            chosen = int(pool[feasible[self.rng.randrange(len(feasible))]]) if len(feasible) > 1 else int(pool[feasible[0]])
+        else:
+            keys = arrays.key[pool]
+            scores, prefs = self._memo(request, arrays.keys_seen)
+            values = scores[keys]
+            unknown = np.flatnonzero(np.isnan(values) & fits)
+            for j in unknown:
+                key = int(keys[j])
+                if np.isnan(scores[key]):
+                    raw, pref = self.scorer.evaluate(arrays.nodes[int(pool[j])], request)
+                    scores[key] = float(raw)
+                    prefs[key] = pref
+                values[j] = scores[key]
+            values[~fits] = _NEG_INF
+            best = int(np.argmax(values))  # the first in node order among the best scores
+            chosen = int(pool[best])
+            prefer = prefs.get(int(keys[best]))
+        node = arrays.nodes[chosen]
+        devices = self._random_share(node, request) if self.tie_break == "uniform" else None
+        self.cluster.bind(node.name, request, devices=devices, prefer=prefer)
+        arrays.update(chosen)
+        return _Outcome(node.name)
+
+    def _memo(self, request: PodRequest, size: int) -> tuple[np.ndarray, dict[int, Any]]:
+        """Score per memo key (NaN: not evaluated yet) and the scorer's device preference, for one pod shape."""
+        found = self._scores.get(request)
+        if found is not None and len(found[0]) >= size:
+            return found
+        grown = np.full(max(size * 2, 1024), np.nan)
+        self._memo_floats += len(grown) - (len(found[0]) if found is not None else 0)
+        if self._memo_floats > _MEMO_LIMIT:  # bound the memory: forget every shape's scores
+            self._scores.clear()
+            self._memo_floats = len(grown)
+            found = None
+        prefs: dict[int, Any] = {}
+        if found is not None:
+            grown[: len(found[0])] = found[0]
+            prefs = found[1]
+        found = self._scores[request] = (grown, prefs)
+        return found
+
+    def _random_share(self, node: NodeInfo, request: PodRequest) -> tuple[tuple[str, int, int], ...] | None:
+        """A GPU share on a uniformly random fitting device (the artifact's ``gpuSelMethod: random``)."""
+        amount = request.get(GPU_RESOURCE)
+        shape = device_shape(amount)
+        if not amount or shape is None or shape[1] >= DEVICE_MILLI:
+            return None
+        fitting = [i for i, free in enumerate(node.devices.get(GPU_RESOURCE, ())) if free >= amount]
+        return ((GPU_RESOURCE, fitting[self.rng.randrange(len(fitting))], amount),)
+
+    def _why_not(self, request: PodRequest, pool: np.ndarray) -> str:
+        """kube-scheduler's ``0/N nodes are available: ...`` (the first failing check of every node)."""
+        reasons = self.arrays.reasons(request, pool)
+        excluded = len(self.cluster) - len(pool)
+        if excluded:
+            reasons["node(s) didn't match Pod's node affinity/selector, or had untolerated taints"] += excluded
+        text = ", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"0/{len(self.cluster)} nodes are available: {text}"
+
+    def _decide(self, batch: Sequence[FillPod]) -> list[_Outcome]:
+        """Place one batch: the baselines in arrival order (kube-scheduler's FIFO); tessera tries
+        arrival order and `_batch_rank` order and keeps the one that places more GPU, then adds
+        less fragmentation (FGD's measure, summed over the nodes it changed)."""
+        arrival = list(range(len(batch)))
+        if self.policy_name != "tessera" or len(batch) < 2:
+            return self._place_in(batch, arrival)
+        if len(batch) > TESSERA_WINDOW:
+            return [o for start in range(0, len(batch), TESSERA_WINDOW)
+                    for o in self._decide(batch[start:start + TESSERA_WINDOW])]
+        ranked = sorted(arrival, key=lambda i: _batch_rank(batch[i], i))
+        if ranked == arrival:
+            return self._place_in(batch, arrival)
+        trials = []
+        for order in (arrival, ranked):
+            with self.cluster.what_if():
+                outcomes = self._place_in(batch, order)
+                touched = {o.node for o in outcomes if o.node is not None}
+                placed = sum(pod.gpu_milli for pod, o in zip(batch, outcomes, strict=True) if o.node is not None)
+                after = self._fragmentation(touched)
+            self._refresh(touched)  # the trial was rolled back
+            trials.append((placed, self._fragmentation(touched) - after))  # more GPU, then less fragmentation added
+        best = arrival if trials[0] >= trials[1] else ranked
+        return self._place_in(batch, best)
+
+    def _place_in(self, batch: Sequence[FillPod], order: Sequence[int]) -> list[_Outcome]:
+        outcomes: list[_Outcome | None] = [None] * len(batch)
+        for i in order:
+            outcomes[i] = self._place(batch[i])
+        return outcomes  # type: ignore[return-value]
+
+    def _refresh(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.arrays.update(self.arrays.position[name])
+
+    def _fragmentation(self, names: Iterable[str]) -> float:
+        """FGD's fragmentation (milli-GPU) of these nodes against the trace's task distribution."""
+        if self._frag_dist is None:
+            assert self.pods is not None
+            self._frag_dist = _distribution(self.pods, None)
+        total = 0.0
+        for name in names:
+            i = self.arrays.position[name]
+            key = int(self.arrays.key[i])
+            value = self._frag_memo.get(key)
+            if value is None:
+                value = self._frag_memo[key] = node_fragmentation(self.arrays.nodes[i], self._frag_dist)
+            total += value
+        return total
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        assert self.arrivals is not None
+        started = time.perf_counter()
+        arrivals = self.arrivals
+        capacity = self.capacity
+        batch_size = self.config.batch
+        batches = math.ceil(len(arrivals) / batch_size)
+        every = self.config.sample_every or max(1, math.ceil(batches / MAX_SAMPLES))
+        records: list[WorkloadRecord] = []
+        samples = [Sample(at=0.0, allocated_gpus=0.0, waiting=0, running=0, usage_by_queue={})]
+        cycle_seconds: list[float] = []
+        arrived_pct: list[float] = []
+        allocated_pct: list[float] = []
+        arrived = allocated = failed_milli = 0
+        placed = failed = 0
+        by_queue: dict[str, int] = {}
+        for b, start in enumerate(range(0, len(arrivals), batch_size)):
+            chunk = arrivals[start:start + batch_size]
+            t0 = time.perf_counter()
+            outcomes = self._decide(chunk)
+            cycle_seconds.append(time.perf_counter() - t0)
+            decided_at = float(start + len(chunk) - 1)
+            for offset, (pod, outcome) in enumerate(zip(chunk, outcomes, strict=True)):
+                seq = start + offset
+                cq = self._cq.get((pod.namespace, pod.queue))
+                record = WorkloadRecord(
+                    name=f"{pod.name}-{seq}",
+                    namespace=pod.namespace,
+                    queue=pod.queue,
+                    submitted_at=float(seq),
+                    cluster_queue=cq,
+                    workload_type=pod.workload_type,
+                    gpus=pod.gpu_milli / MILLI,
+                )
+                arrived += pod.gpu_milli
+                if outcome.node is not None:
+                    record.admitted_at = record.started_at = decided_at
+                    record.flavor = self._flavor
+                    record.nodes = [outcome.node]
+                    allocated += pod.gpu_milli
+                    placed += 1
+                    key = cq or "(no ClusterQueue)"
+                    by_queue[key] = by_queue.get(key, 0) + pod.gpu_milli
+                else:
+                    record.pending_reason = f"not placed on arrival: {outcome.reason}"
+                    failed += 1
+                    failed_milli += pod.gpu_milli
+                records.append(record)
+            arrived_pct.append(100.0 * arrived / capacity)
+            allocated_pct.append(100.0 * allocated / capacity)
+            if (b + 1) % every == 0 or b == batches - 1:
+                samples.append(Sample(at=arrived_pct[-1], allocated_gpus=allocated / MILLI, waiting=failed,
+                                      running=placed, usage_by_queue={q: v / MILLI for q, v in by_queue.items()}))
+            if self.progress is not None and ((b + 1) % 64 == 0 or b == batches - 1):
+                self.progress(start + len(chunk), len(arrivals))
+        wall = time.perf_counter() - started
+        return RunResult(self.policy_name, self._metrics(records, cycle_seconds, arrived_pct, allocated_pct,
+                                                         arrived, allocated, failed_milli, wall),
+                         records, samples, cycle_seconds, capacity / MILLI)
+
+    def _metrics(self, records: list[WorkloadRecord], cycle_seconds: list[float], arrived_pct: list[float],
+                 allocated_pct: list[float], arrived: int, allocated: int, failed_milli: int, wall: float) -> dict[str, Any]:
+        capacity = self.capacity
+        cycles_ms = [s * 1000 for s in cycle_seconds]
+        waits = [r.started_at - r.submitted_at for r in records if r.started_at is not None]
+        placed = sum(1 for r in records if r.started_at is not None)
+        utilization = allocated / capacity
+        return {
+            "gpu_allocation_at": allocation_at(arrived_pct, allocated_pct, self.config.allocation_levels),
+            "unallocated_gpus": round((capacity - allocated) / MILLI, 3),
+            "gpu_utilization": utilization,
+            "gpu_utilization_busy": utilization,
+            "workloads": len(records),
+            "admitted": placed,
+            "finished": 0,
+            "never_admitted": len(records) - placed,
+            "preemptions": 0,
+            "evictions": 0,
+            "mean_wait_s": sum(waits) / len(waits) if waits else 0.0,
+            "p95_wait_s": _percentile(waits, 95),
+            "mean_jct_s": 0.0,
+            "makespan_s": float(len(records)),
+            "cycle_latency_p50_ms": _percentile(cycles_ms, 50),
+            "cycle_latency_p99_ms": _percentile(cycles_ms, 99),
+            "cycles": len(cycles_ms),
+            "wall_s": wall,
+            "arrived_gpus": arrived / MILLI,
+            "arrived_pct": arrived_pct[-1] if arrived_pct else 0.0,
+            "allocated_gpus": allocated / MILLI,
+            "failed_gpus": failed_milli / MILLI,
+            "inflate": self.config.inflate,
+            "seed": self.config.seed,
+            "batch": self.config.batch,
+            "scoring": self.config.scoring,
+            "sampling": self.config.sampling,
+            "placement": _PLACEMENT_NOTES.get((self.policy_name, self.config.scoring))
+            or _PLACEMENT_NOTES.get((self.policy_name, "*"), "policy scorer, node-order tie-break"),
+        }
+
+
+_PLACEMENT_NOTES: dict[tuple[str, str], str] = {
+    ("tessera", "*"): "fragmentation-aware rule (FGD integer score over the (cpu, memory, GPU) task distribution, "
+                      "node-order tie-break, batches shares first then largest first); not the CP-SAT solver",
+    ("random", "paper"): "FGD artifact Random: uniform feasible node, random GPU for shares",
+    ("bestfit", "paper"): "FGD artifact BestFit score, node-order tie-break",
+    ("fgd", "paper"): "FGD artifact FGD score int(sigmoid(dF/1000)*100), node-order tie-break",
+    ("kueue", "paper"): "kube-scheduler default profile, node-order tie-break",
+    ("random", "policy"): "policy scorer (scorer_for/rng_for), random tie-break",
+    ("bestfit", "policy"): "policy scorer (scorer_for/rng_for), random tie-break",
+    ("fgd", "policy"): "policy scorer (scorer_for/rng_for), random tie-break",
+    ("kueue", "policy"): "policy scorer (scorer_for/rng_for), random tie-break",
+}
+
+
+def _batch_rank(pod: FillPod, arrival: int) -> tuple[bool, int, int]:
+    """Tessera's order inside a batch: GPU shares first (largest first), then whole GPUs largest
+    first, CPU-only pods last; ties in arrival order. Shares first fill partly used GPUs before
+    whole-GPU pods claim free devices (+0.1 point over arrival order on openb, batch 16)."""
+    gpu = pod.gpu_milli
+    return (not 0 < gpu < DEVICE_MILLI, -gpu, arrival)
+
+
+def _node_rank(cluster: Cluster, seed: int) -> dict[str, int]:
+    """The seeded random node order that breaks score ties (the same for every policy of a seed)."""
+    names = sorted(cluster.nodes)
+    random.Random(f"fill-node-order/{seed}").shuffle(names)
+    return {name: i for i, name in enumerate(names)}
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def run_fill(setup: Setup, policy: str, config: FillConfig | None = None, *,
+             arrivals: list[FillPod] | None = None, progress: Progress | None = None) -> RunResult:
+    """One policy through the fill experiment on ``setup`` (its nodes and its jobs' pods)."""
+    return FillRun(setup, policy, config or FillConfig(), arrivals=arrivals, progress=progress).run()
+
+
+def run_fill_policies(setup: Setup, policies: Sequence[str], config: FillConfig | None = None, *,
+                      progress: Callable[[str, int, int], None] | None = None) -> list[RunResult]:
+    """Every policy on the same arrival sequence (drawn once from ``config.seed``)."""
+    config = (config or FillConfig()).validate()
+    pods = pod_list(setup.jobs)
+    capacity = Cluster.from_nodes(setup.nodes).capacity(GPU_RESOURCE)
+    arrivals = arrival_order(pods, capacity, config.inflate, config.seed, config.sampling)
+    results = []
+    for name in policies:
+        callback = (lambda done, total, n=name: progress(n, done, total)) if progress else None
+        results.append(FillRun(setup, name, config, pods=pods, arrivals=arrivals, progress=callback).run())
+    return results
+
