@@ -383,6 +383,55 @@ def simulate(
         out.print(f"report: {out_dir / 'report.html'}", markup=False)
 
 
+@app.command()
+def run(
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch Jobs in every namespace (the default).")] = False,
+    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", help="Watch Jobs only in this namespace (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="File with the tessera.dev/v1alpha1 Configuration document.")] = None,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Prometheus /metrics port (0: off).")] = 8080,
+    health_port: Annotated[int, typer.Option("--health-port", help="/healthz and /readyz port (0: off).")] = 8081,
+    webhook_port: Annotated[int, typer.Option("--webhook-port", help="HTTPS admission webhook port (0: off).")] = 9443,
+    no_webhook: Annotated[bool, typer.Option("--no-webhook", help="Serve no admission webhooks.")] = False,
+    webhook_cert_dir: Annotated[Path, typer.Option("--webhook-cert-dir", help="Folder with the webhook's tls.crt and tls.key.")] = Path("/tmp/k8s-webhook-server/serving-certs"),
+    ledger: Annotated[str | None, typer.Option("--ledger", help="Usage ledger: SQLAlchemy URL or SQLite file.", show_default="sqlite:///tessera-ledger.sqlite")] = None,
+    policy: Annotated[str, typer.Option("--policy", help="Scheduling policy: tessera (falls back to kueue if the solver is unavailable), kueue, bestfit, fgd, random.")] = "tessera",
+) -> None:
+    """Run the operator against the cluster KUBECONFIG (or the in-cluster service account) names."""
+    import asyncio
+    import logging
+
+    from kopf import LoginError
+
+    from admission.operator import ConfigError, Operator, OperatorConfig, load_configuration
+    from quotas.ledger import ledger_url
+    from quotas.problems import ManifestError
+
+    if all_namespaces and namespace:
+        fail("--all-namespaces and --namespace: give one or the other")
+    for port, flag in ((metrics_port, "--metrics-port"), (health_port, "--health-port"), (webhook_port, "--webhook-port")):
+        if not 0 <= port <= 65535:
+            fail(f"{flag}: must be a port number 0-65535, got {port}")
+    try:
+        configuration = load_configuration(config)
+    except ManifestError as exc:
+        report(exc.problems)
+        raise typer.Exit(BAD_INPUT) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        operator = Operator(OperatorConfig(
+            namespaces=list(namespace or []), configuration=configuration, metrics_port=metrics_port,
+            health_port=health_port, webhook_port=0 if no_webhook else webhook_port,
+            webhook_cert_dir=str(webhook_cert_dir), ledger_url=ledger_url(ledger), policy=policy,
+        ))
+        operator.api.connection  # noqa: B018 - log in now: a missing kubeconfig is a one-line error
+        asyncio.run(operator.run())
+    except (ConfigError, KeyError) as exc:
+        fail(str(exc).strip("'\""))
+    except LoginError as exc:
+        err.print(f"error: cannot reach a cluster: {exc}", markup=False)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

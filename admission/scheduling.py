@@ -1,0 +1,502 @@
+"""The controller: one single-flight loop that keeps Workloads, Jobs and quota in step with the core's decisions.
+
+`Controller.run` wakes on every cache change and at least every `period` seconds; when this
+replica is the leader and the caches are synced it runs one `reconcile` pass:
+
+1. **Workloads.** Every managed Job gets its Workload (owner reference to the Job); the spec
+   follows the Job while it holds no quota; a Workload whose Job is gone is deleted.
+2. **Jobs.** A finished Job finishes its Workload (`Finished`, quota released, ledger
+   record). An evicted Workload's Job is suspended (template restored); once its pods are
+   gone the quota is released and the Workload requeued. An admitted Workload's Job runs with
+   the admission's node selector (this repairs a crash between the two writes of an
+   admission); with `waitForPodsReady`, one whose pods are not all ready in time is evicted
+   and requeued with exponential backoff. Every other Job is kept suspended.
+3. **Cycles.** The snapshot goes to the policy; its decisions are applied as the simulator
+   applies them (`simulator/engine.py`), against the API server: preempt (Evicted +
+   Preempted, then suspend), admit (the admission recorded in the Workload status under a
+   resourceVersion precondition, *then* the Job patched and un-suspended), and the pending
+   reasons written into the Workloads' `QuotaReserved` condition. Cycles repeat while they
+   change something (bounded).
+
+Crash safety: the Workload's status is the record of an admission. It is written first and
+only if the Workload has not changed since the cycle read it (409 otherwise: the cache is
+refreshed and the cycle redone), so a quota is never reserved twice; the Job patch after it
+is idempotent and redone by step 2 after a crash; quota is counted from Workloads, never
+from memory; the ledger writes are idempotent (keyed by the QuotaReserved transition time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from admission import jobs as jb
+from admission import workloads as wl
+from admission.events import EventRecorder
+from admission.kube import JOBS, WORKLOADS, ApiError, Conflict, KubeApi, NotFound
+from admission.metrics import Metrics
+from admission.snapshot import Cycle, Entry, build_cycle
+from admission.state import ClusterState, Key
+from quotas.api import Configuration
+from quotas.jobs import JobConversionError
+from scheduler.decisions import Decisions, Policy
+
+logger = logging.getLogger("tessera.controller")
+
+
+@dataclass
+class ControllerOptions:
+    period: float = 10.0
+    """Run a pass at least this often (backoffs expire, waitForPodsReady timeouts fire)."""
+    max_cycles: int = 50
+    """Scheduling cycles per pass at most (each one that changes something triggers the next)."""
+    concurrency: int = 16
+    """Parallel API writes for Workload creation and pending-reason updates."""
+    debounce: float = 0.02
+    """After a wake-up, wait this long so that a burst of watch events makes one pass."""
+
+
+class Controller:
+    def __init__(self, api: KubeApi, state: ClusterState, policy_factory: Callable[[], Policy], *,
+                 config: Configuration | None = None, metrics: Metrics | None = None, ledger: Any = None,
+                 events: EventRecorder | None = None, is_leader: Callable[[], bool] = lambda: True,
+                 clock: Callable[[], float] = time.time, options: ControllerOptions | None = None) -> None:
+        self.api = api
+        self.state = state
+        self.policy_factory = policy_factory
+        self.policy = policy_factory()
+        self.config = config or Configuration()
+        self.metrics = metrics or Metrics()
+        self.ledger = ledger
+        self.events = events
+        self.is_leader = is_leader
+        self.clock = clock
+        self.options = options or ControllerOptions()
+        self.heartbeat = 0.0
+        """Wall time of the loop's last iteration (liveness)."""
+        self.passes = 0
+        self._semaphore = asyncio.Semaphore(self.options.concurrency)
+        self._ledgered: set[tuple[str, float]] = set()
+        self._bad_jobs: dict[Key, str] = {}
+        self._was_leader = False
+        self.required = ("jobs", "workloads", "nodes", "pods", "resourceflavors", "clusterqueues", "localqueues",
+                         "cohorts", "workloadpriorityclasses", "topologies")
+
+    # --- loop ----------------------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return all(plural in self.state.synced for plural in self.required)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Single-flight: one pass at a time, woken by cache changes or the period."""
+        while not stop.is_set():
+            self.heartbeat = self.clock()
+            waiter = asyncio.ensure_future(self.state.changed.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, timeout=self.options.period,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            if stop.is_set():
+                break
+            if self.options.debounce:
+                await asyncio.sleep(self.options.debounce)
+            self.state.changed.clear()
+            self.heartbeat = self.clock()
+            leader = self.is_leader()
+            if leader and not self._was_leader:
+                self.policy = self.policy_factory()  # a new term starts from the API's state only
+            self._was_leader = leader
+            if not leader or not self.synced:
+                continue
+            try:
+                await self.reconcile()
+            except Exception:  # one bad pass must not stop the controller
+                logger.exception("reconcile pass failed; retrying")
+                await asyncio.sleep(1.0)
+                self.state.changed.set()
+
+    async def reconcile(self) -> None:
+        """One pass: Workloads for Jobs, Job states, then scheduling cycles."""
+        self.passes += 1
+        now = self.clock()
+        await self.sync_workloads(now)
+        await self.sync_jobs(now)
+        await self.schedule(now)
+
+    async def _bounded(self, calls: Iterable[Awaitable[Any]]) -> None:
+        async def one(call: Awaitable[Any]) -> None:
+            async with self._semaphore:
+                await call
+        await asyncio.gather(*(one(c) for c in calls))
+
+    # --- writes (each updates the cache with what the API server returned) --------------------
+
+    async def write_status(self, workload: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Patch a Workload's status under its resourceVersion; None when it moved (cache refreshed)."""
+        meta = workload.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        try:
+            updated = await self.api.patch(WORKLOADS, namespace, name, wl.status_patch(workload, status),
+                                           subresource="status")
+        except Conflict:
+            await self._refresh(namespace, name)
+            return None
+        except NotFound:
+            self.state.forget("workloads", (namespace, name))
+            return None
+        self.state.store("workloads", updated)
+        return updated
+
+    async def _refresh(self, namespace: str, name: str) -> None:
+        fresh = await self.api.get(WORKLOADS, namespace, name)
+        if fresh is None:
+            self.state.forget("workloads", (namespace, name))
+        else:
+            self.state.store("workloads", fresh)
+
+    async def patch_job(self, job: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any] | None:
+        meta = job.get("metadata") or {}
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+        try:
+            updated = await self.api.patch(JOBS, namespace, name, dict(patch))
+        except NotFound:
+            self.state.forget("jobs", (namespace, name))
+            return None
+        self.state.store("jobs", updated)
+        return updated
+
+    def _event(self, obj: Mapping[str, Any] | None, reason: str, message: str, kind: str = "Normal") -> None:
+        if self.events is not None:
+            self.events.emit(obj, reason, message, kind)
+
+    async def _ledger(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self.ledger is None:
+            return None
+        try:
+            return await asyncio.to_thread(getattr(self.ledger, method), *args, **kwargs)
+        except Exception as exc:  # the ledger is accounting, never a reason to stop admitting
+            logger.warning("ledger %s failed: %s", method, exc)
+            return None
+
+    async def _ledger_admission(self, entry_key: str, workload: Mapping[str, Any], info: Any = None) -> None:
+        """Record an admission in the ledger once per process (the ledger itself ignores repeats)."""
+        if self.ledger is None:
+            return
+        admission = (workload.get("status") or {}).get("admission") or {}
+        at = wl.reserved_at(workload)
+        if (entry_key, at) in self._ledgered:
+            return
+        info = info or _info_of(workload)
+        if info is None:
+            return
+        self._ledgered.add((entry_key, at))
+        await self._ledger("record_admission", entry_key, at=at, cluster_queue=str(admission.get("clusterQueue", "")),
+                           local_queue=info.local_queue, requests=wl.requests_of(admission),
+                           flavor=wl.main_flavor(admission), workload_type=info.workload_type)
+
+    # --- 1. Workloads for Jobs -----------------------------------------------------------------
+
+    async def sync_workloads(self, now: float) -> None:
+        jobs = dict(self.state.items("jobs"))
+        owned: dict[Key, dict[str, Any]] = {}
+        orphans: list[dict[str, Any]] = []
+        for (namespace, _), workload in self.state.items("workloads"):
+            job_name = wl.job_name_of(workload)
+            job = jobs.get((namespace, job_name)) if job_name else None
+            if job is None or (wl.owner_uid(workload) and jb.uid(job) and wl.owner_uid(workload) != jb.uid(job)):
+                orphans.append(workload)
+            else:
+                owned[(namespace, job_name or "")] = workload
+        calls = []
+        for key, job in jobs.items():
+            workload = owned.get(key)
+            if workload is None and jb.finished(job) is not None:
+                continue  # finished before it was ever queued
+            try:
+                desired = self.state.parsed("jobs", key, _desired_workload)
+            except KeyError:
+                continue
+            if isinstance(desired, JobConversionError):
+                self._report_bad_job(job, desired)
+                continue
+            if workload is None:
+                if self.state.get("workloads", key[0], desired["metadata"]["name"]) is None:
+                    calls.append(self._create_workload(key[0], desired, job))
+            elif (not wl.holds_quota(workload) and not wl.is_finished(workload) and jb.saved_original(job) is None
+                  and wl.spec_differs(workload, desired)):
+                calls.append(self._update_workload_spec(workload, desired))
+        for workload in orphans:
+            calls.append(self._delete_orphan(workload, now))
+        await self._bounded(calls)
+
+    def _report_bad_job(self, job: Mapping[str, Any], error: JobConversionError) -> None:
+        key = (str(job["metadata"].get("namespace", "")), str(job["metadata"].get("name", "")))
+        text = f"{error.field}: {error.message}"
+        if self._bad_jobs.get(key) != text:
+            self._bad_jobs[key] = text
+            logger.warning("Job %s/%s cannot be queued: %s", key[0], key[1], text)
+            self._event(job, "InvalidJob", f"cannot be queued: {text}", "Warning")
+
+    async def _create_workload(self, namespace: str, desired: dict[str, Any], job: Mapping[str, Any]) -> None:
+        try:
+            created = await self.api.create(WORKLOADS, namespace, desired)
+        except Conflict:
+            await self._refresh(namespace, desired["metadata"]["name"])
+            return
+        self.state.store("workloads", created)
+        self._event(job, "CreatedWorkload", f"Created Workload {namespace}/{desired['metadata']['name']}")
+
+    async def _update_workload_spec(self, workload: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+        meta = workload["metadata"]
+        try:
+            updated = await self.api.patch(WORKLOADS, meta["namespace"], meta["name"], {
+                "metadata": {"resourceVersion": meta.get("resourceVersion")}, "spec": desired["spec"]})
+        except Conflict:
+            await self._refresh(meta["namespace"], meta["name"])
+            return
+        self.state.store("workloads", updated)
+
+    async def _delete_orphan(self, workload: Mapping[str, Any], now: float) -> None:
+        meta = workload["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        if wl.holds_quota(workload) and not wl.is_finished(workload):
+            await self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason="Finished")
+        try:
+            await self.api.delete(WORKLOADS, meta["namespace"], meta["name"])
+        except ApiError as exc:
+            logger.warning("deleting orphaned Workload %s: %s", key, exc)
+            return
+        self.state.forget("workloads", (meta["namespace"], meta["name"]))
+
+    # --- 2. Job states --------------------------------------------------------------------------
+
+    async def sync_jobs(self, now: float) -> None:
+        stamp = wl.now_rfc3339(now)
+        pods_ready = self.config.wait_for_pods_ready
+        for (namespace, name), workload in self.state.items("workloads"):
+            job_name = wl.job_name_of(workload)
+            job = self.state.get("jobs", namespace, job_name) if job_name else None
+            if job is None or wl.is_finished(workload):
+                continue
+            key = f"{namespace}/{name}"
+            done = jb.finished(job)
+            if done is not None:
+                await self._finish(key, workload, job, done, stamp, now)
+                continue
+            if wl.is_evicting(workload):
+                if not jb.is_suspended(job):
+                    await self.patch_job(job, jb.suspend_patch(job))
+                elif jb.active_pods(job) == 0:
+                    await self._release(key, workload, job, stamp, now)
+                continue
+            if wl.holds_quota(workload):
+                await self._ledger_admission(key, workload)
+                if not jb.is_suspended(job) and jb.saved_original(job) is None:
+                    await self.patch_job(job, jb.suspend_patch(job))  # started outside Tessera: hold it first
+                elif jb.is_suspended(job) or jb.saved_original(job) is None:
+                    await self._start_job(workload, job)
+                elif pods_ready.enable and not wl.is_true(workload, "PodsReady"):
+                    await self._check_pods_ready(key, workload, job, stamp, now)
+                continue
+            if not jb.is_suspended(job):
+                await self.patch_job(job, jb.suspend_patch(job))
+
+    async def _finish(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any], done: tuple[str, str],
+                      stamp: str, now: float) -> None:
+        reason, message = done
+        held = wl.holds_quota(workload)
+        updated = await self.write_status(workload, wl.finished_status(workload, reason, message, stamp))
+        if updated is None:
+            return
+        if held:
+            await self._ledger_admission(key, workload)
+            await self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason="Finished")
+        self._event(updated, "Finished", message)
+
+    async def _release(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any], stamp: str,
+                       now: float) -> None:
+        evicted = wl.condition(workload, wl.EVICTED) or {}
+        reason = str(evicted.get("reason") or "")
+        requeue_at = count = None
+        deactivate = False
+        if reason == wl.EVICTED_BY_PODS_READY_TIMEOUT:
+            strategy = self.config.wait_for_pods_ready.requeuing_strategy
+            previous, _ = wl.requeue_state(workload)
+            count = previous + 1
+            backoff = min(strategy.backoff_base_seconds * 2 ** (count - 1), strategy.backoff_max_seconds)
+            requeue_at = now + backoff
+            deactivate = strategy.backoff_limit_count is not None and count > strategy.backoff_limit_count
+        updated = await self.write_status(workload, wl.released_status(workload, stamp, requeue_at, count))
+        if updated is None:
+            return
+        end = "Preempted" if wl.is_true(workload, wl.PREEMPTED) else "Evicted"
+        await self._ledger_admission(key, workload)
+        await self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason=end)
+        self._event(updated, "QuotaReleased", f"Quota released after eviction ({reason}); requeued")
+        if deactivate:
+            meta = updated["metadata"]
+            try:
+                deactivated = await self.api.patch(WORKLOADS, meta["namespace"], meta["name"], {"spec": {"active": False}})
+                self.state.store("workloads", deactivated)
+                self._event(deactivated, "Deactivated", f"deactivated after {count} evictions by waitForPodsReady",
+                            "Warning")
+            except ApiError as exc:
+                logger.warning("deactivating %s: %s", key, exc)
+
+    async def _start_job(self, workload: Mapping[str, Any], job: Mapping[str, Any]) -> None:
+        admission = workload["status"]["admission"]
+        placements = wl.placements_of(admission)
+        if not placements:
+            return
+        cycle_flavors, cycle_topologies = self._flavors_and_topologies()
+        placement = placements[0]
+        topology = wl.topology_of(placement, cycle_flavors, cycle_topologies)
+        updated = await self.patch_job(job, jb.admission_patch(job, placement, cycle_flavors, topology))
+        if updated is not None:
+            self._event(updated, "Started", f"Admitted by ClusterQueue {admission.get('clusterQueue')}: "
+                                            f"flavors {placement.flavors}")
+
+    def _flavors_and_topologies(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from admission.snapshot import objects_of
+
+        return ({f.name: f for f in objects_of(self.state, "resourceflavors")},
+                {t.name: t for t in objects_of(self.state, "topologies")})
+
+    async def _check_pods_ready(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any], stamp: str,
+                                now: float) -> None:
+        placements = wl.placements_of(workload["status"]["admission"])
+        expected = placements[0].count if placements else 1
+        status = job.get("status") or {}
+        if jb.ready_pods(job) + int(status.get("succeeded") or 0) >= expected:
+            conditions = wl.set_condition(wl.conditions_of(workload), "PodsReady", True, "PodsReady",
+                                          "All pods reached readiness", stamp)
+            await self.write_status(workload, {**(workload.get("status") or {}), "conditions": conditions})
+            return
+        timeout = self.config.wait_for_pods_ready.timeout
+        if now - wl.reserved_at(workload) < timeout:
+            return
+        message = f"Exceeded the PodsReady timeout of {timeout:g}s"
+        await self._evict(key, workload, job, wl.EVICTED_BY_PODS_READY_TIMEOUT, message, stamp, None)
+
+    async def _evict(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any] | None, reason: str,
+                     message: str, stamp: str, preemption_reason: str | None) -> bool:
+        updated = await self.write_status(workload, wl.evicting_status(workload, reason, message, stamp,
+                                                                       preemption_reason))
+        if updated is None:
+            return False
+        cq = str(((workload.get("status") or {}).get("admission") or {}).get("clusterQueue") or "")
+        self.metrics.observe_eviction(cq, reason, preemption_reason)
+        self._event(updated, "Preempted" if preemption_reason else "Evicted", message, "Warning")
+        if job is not None:
+            suspended = await self.patch_job(job, jb.suspend_patch(job))
+            self._event(suspended, "Suspended", f"Suspended: {message}")
+        return True
+
+    # --- 3. Scheduling cycles ---------------------------------------------------------------------
+
+    async def schedule(self, now: float) -> Decisions | None:
+        last: Decisions | None = None
+        cycle: Cycle | None = None
+        for _ in range(self.options.max_cycles):
+            cycle = build_cycle(self.state, self.clock(), self.config)
+            if not cycle.snapshot.pending:
+                break
+            started = time.perf_counter()
+            decisions = self.policy.schedule(cycle.snapshot)
+            decisions.stats.seconds = decisions.stats.seconds or (time.perf_counter() - started)
+            decisions.stats.policy = decisions.stats.policy or getattr(self.policy, "name", "")
+            self.metrics.observe_decisions(decisions)
+            last = decisions
+            changed = await self.apply(cycle, decisions, self.clock())
+            if not changed and not decisions.again:
+                break
+        if cycle is not None:
+            self.metrics.observe_cycle(build_cycle(self.state, self.clock(), self.config).snapshot
+                                       if last is not None else cycle.snapshot)
+        return last
+
+    async def apply(self, cycle: Cycle, decisions: Decisions, now: float) -> bool:
+        """Apply one cycle's decisions; True when a preemption or an admission was recorded."""
+        stamp = wl.now_rfc3339(now)
+        changed = False
+        for preemption in decisions.preemptions:
+            if not self.is_leader():
+                return changed  # lost the Lease mid-pass: the new leader decides from here
+            entry = cycle.entries.get(preemption.key)
+            if entry is None or not wl.holds_quota(entry.workload) or wl.is_evicting(entry.workload):
+                continue
+            message = preemption.message or f"Preempted to accommodate {preemption.preemptor} ({preemption.reason})"
+            if await self._evict(preemption.key, entry.workload, entry.job, wl.EVICTED_BY_PREEMPTION, message, stamp,
+                                 str(preemption.reason)):
+                changed = True
+        for admission in decisions.admissions:
+            if not self.is_leader():
+                return changed
+            entry = cycle.entries.get(admission.key)
+            if entry is None or entry.info is None or entry.job is None or wl.holds_quota(entry.workload):
+                continue
+            if await self._admit(cycle, entry, admission, stamp, now):
+                changed = True
+        updates = []
+        for key, reason in decisions.pending.items():
+            entry = cycle.entries.get(key)
+            if entry is None or wl.holds_quota(entry.workload) or wl.is_finished(entry.workload):
+                continue
+            current = self.state.get("workloads", *_split(key)) or entry.workload
+            if wl.holds_quota(current) or wl.pending_message(current) == reason:
+                continue
+            updates.append(self.write_status(current, wl.pending_status(current, reason, stamp)))
+        await self._bounded(updates)
+        return changed
+
+    async def _admit(self, cycle: Cycle, entry: Entry, admission: Any, stamp: str, now: float) -> bool:
+        assert entry.info is not None and entry.job is not None
+        record = wl.admission_record(admission, entry.info, cycle.flavors, cycle.topologies)
+        updated = await self.write_status(entry.workload, wl.admitted_status(entry.workload, record, stamp))
+        if updated is None:
+            return False
+        queued = next((p.queued_at for p in cycle.snapshot.pending if p.key == entry.key), now)
+        self.metrics.observe_admission(admission.cluster_queue, now - queued)
+        self._event(updated, "QuotaReserved", f"Quota reserved in ClusterQueue {admission.cluster_queue}")
+        await self._ledger_admission(entry.key, updated, entry.info)
+        placement = admission.podsets[0]
+        topology = wl.topology_of(placement, cycle.flavors, cycle.topologies)
+        job = self.state.get("jobs", *_split_job(entry)) or entry.job
+        started = await self.patch_job(job, jb.admission_patch(job, placement, cycle.flavors, topology))
+        if started is not None:
+            self._event(started, "Started", f"Admitted by ClusterQueue {admission.cluster_queue}")
+        return True
+
+
+def _desired_workload(job: Mapping[str, Any]) -> dict[str, Any] | JobConversionError:
+    try:
+        return wl.workload_manifest(job)
+    except JobConversionError as exc:
+        return exc
+    except ValueError as exc:  # pydantic ValidationError of the pod template
+        return JobConversionError("spec.template", str(exc).splitlines()[0])
+
+
+def _info_of(workload: Mapping[str, Any]) -> Any:
+    from admission.snapshot import _parse_workload
+
+    info = _parse_workload(workload)
+    return info if not hasattr(info, "reason") else None
+
+
+def _split(key: str) -> tuple[str, str]:
+    namespace, _, name = key.partition("/")
+    return namespace, name
+
+
+def _split_job(entry: Entry) -> tuple[str, str]:
+    namespace, _ = _split(entry.key)
+    return namespace, wl.job_name_of(entry.workload) or ""

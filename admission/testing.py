@@ -1,0 +1,315 @@
+"""A stricter kmock Kubernetes emulator for operator tests and benchmarks (needs the `test` extra).
+
+kmock's `KubernetesEmulator` stores objects and serves list/watch/fetch/create/patch/delete
+over real HTTP, but it merges patches blindly. The operator's safety rests on a few API
+server behaviours, so this subclass adds them:
+
+* every write gets a new integer ``metadata.resourceVersion``; creation also sets ``uid``,
+  ``creationTimestamp`` and ``generation``;
+* a merge patch carrying ``metadata.resourceVersion`` is refused with 409 Conflict when it
+  differs from the stored one (optimistic concurrency, as the API server does);
+* creating an object that exists is refused with 409 AlreadyExists;
+* the ``status`` subresource: a patch to ``.../status`` changes only ``status``, and a patch
+  to the object itself leaves ``status`` alone (as for Jobs and the CRDs with a status
+  subresource).
+
+`EmulatedCluster` runs the emulator in a thread with its own event loop, so the operator
+under test owns its loop alone (kopf cancels every task it did not start when it stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import threading
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+from kmock._internal import enums
+
+# Every resource the operator reads or writes, with its kind, scope and verbs (for discovery).
+CORE_RESOURCES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
+    "v1/namespaces": ("Namespace", False, ("list", "watch", "get")),
+    "v1/nodes": ("Node", False, ("list", "watch", "get")),
+    "v1/pods": ("Pod", True, ("list", "watch", "get", "create", "patch", "delete")),
+    "v1/events": ("Event", True, ("create", "patch", "list", "watch")),
+    "batch/v1/jobs": ("Job", True, ("list", "watch", "get", "create", "patch", "delete")),
+    "coordination.k8s.io/v1/leases": ("Lease", True, ("get", "create", "patch", "list", "watch")),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False, ("list", "watch", "get")),
+}
+TESSERA_RESOURCES: dict[str, tuple[str, bool]] = {
+    "resourceflavors": ("ResourceFlavor", False),
+    "clusterqueues": ("ClusterQueue", False),
+    "localqueues": ("LocalQueue", True),
+    "cohorts": ("Cohort", False),
+    "workloadpriorityclasses": ("WorkloadPriorityClass", False),
+    "topologies": ("Topology", False),
+    "workloads": ("Workload", True),
+}
+ALL_VERBS = ("list", "watch", "get", "create", "patch", "update", "delete")
+
+
+@attrs.define(kw_only=True)
+class StrictEmulator(kmock.KubernetesEmulator):
+    """`kmock.KubernetesEmulator` with resource versions, preconditions and a status subresource."""
+
+    _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+
+    def declare(self) -> None:
+        """Declare every resource the operator uses, so discovery and kopf's scanning find them."""
+        for key, (kind, namespaced, verbs) in CORE_RESOURCES.items():
+            subresources = {"status"} if kind in ("Job", "Pod", "Node") else set()
+            self.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=set(verbs),
+                                                     subresources=subresources)
+        for plural, (kind, namespaced) in TESSERA_RESOURCES.items():
+            self.resources[f"tessera.dev/v1alpha1/{plural}"] = kmock.ResourceInfo(
+                kind=kind, namespaced=namespaced, verbs=set(ALL_VERBS), subresources={"status"})
+
+    async def __call__(self, raw_request: Any) -> Any:  # type: ignore[override]
+        # kmock 0.8 cannot parse the path /api/v1/namespaces (it takes "namespaces" for the
+        # namespace prefix and fails): serve the namespace list and watch here. The namespaces
+        # are those of the stored objects, plus "default".
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces" and raw_request.method == "GET":
+            await raw_request.read()
+            names = {"default"} | {ns for (_res, ns, _name), obj in list(self.objects.items()) if ns and not obj.deleted}
+            items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "resourceVersion": "1"}}
+                     for n in sorted(names)]
+            if raw_request.query.get("watch") != "true":
+                return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
+                                                  "metadata": {"resourceVersion": "1"}, "items": items})
+            response = aiohttp.web.StreamResponse()
+            await response.prepare(raw_request)
+            while raw_request.transport is not None and not raw_request.transport.is_closing():
+                await asyncio.sleep(0.2)  # no namespace events: keep the stream open until the client goes
+            return response
+        return await super().__call__(raw_request)
+
+    def _stored(self, request: Any) -> Any | None:
+        key = (request.resource, request.namespace, request.name)
+        if key in self.objects and not self.objects[key].deleted:
+            return self.objects[key]
+        return None
+
+    async def _handle(self, request: Any) -> Any:  # type: ignore[override]
+        if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
+            return await super()._handle(request)
+        async with self._write_lock:
+            data = request.data
+            if request.action == enums.action.CREATE and isinstance(data, dict):
+                meta = data.setdefault("metadata", {})
+                if not meta.get("name") and meta.get("generateName"):
+                    meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
+                if request.namespace and not meta.get("namespace"):
+                    meta["namespace"] = request.namespace
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", _now())
+                meta.setdefault("generation", 1)
+                meta["resourceVersion"] = str(next(self._versions))
+            elif request.action == enums.action.UPDATE:
+                stored = self._stored(request)
+                if stored is None:
+                    raise kmock.KubernetesObjectNotFoundError()
+                current = str(stored.get("metadata", {}).get("resourceVersion", ""))
+                if isinstance(data, dict):
+                    wanted = (data.get("metadata") or {}).get("resourceVersion")
+                    if wanted is not None and str(wanted) != current:
+                        raise kmock.KubernetesError(
+                            status=409, reason="Conflict",
+                            message=(f"Operation cannot be fulfilled on {request.resource.plural} "
+                                     f'"{request.name}": the object has been modified; please apply your '
+                                     "changes to the latest version and try again"),
+                            details={"name": request.name, "kind": request.resource.plural})
+                    if request.subresource == "status":
+                        for key in list(data):
+                            if key not in ("status", "metadata"):
+                                del data[key]
+                        data["metadata"] = {}
+                    else:
+                        data.pop("status", None)
+                    data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+                elif isinstance(data, list):
+                    data.append({"op": "add", "path": "/metadata/resourceVersion", "value": str(next(self._versions))})
+            return await super()._handle(request)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EmulatedCluster:
+    """A `StrictEmulator` served over HTTP from a background thread: `with EmulatedCluster() as cluster:`."""
+
+    def __init__(self) -> None:
+        self.emulator: StrictEmulator | None = None
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready: Future[str] = Future()
+
+    def __enter__(self) -> EmulatedCluster:
+        self._thread = threading.Thread(target=self._main, name="kmock-emulator", daemon=True)
+        self._thread.start()
+        self.url = self._ready.result(timeout=10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with StrictEmulator() as emulator, kmock.Server(emulator) as server:
+                emulator.declare()
+                self.emulator = emulator
+                self._ready.set_result(str(server.url).rstrip("/"))
+                await self._stop.wait()
+        except BaseException as exc:  # pragma: no cover - startup failures surface in the test thread
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+            raise
+
+    # --- reading the stored objects from the test thread ---------------------------------------
+
+    def object(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The stored object (a plain dict copy), or None when absent or deleted."""
+        assert self.emulator is not None
+        key = (kmock.resource(resource), namespace, name)
+        if key not in self.emulator.objects or self.emulator.objects[key].deleted:
+            return None
+        return _plain(self.emulator.objects[key].raw)
+
+    def objects(self, resource: str) -> list[dict[str, Any]]:
+        assert self.emulator is not None
+        wanted = kmock.resource(resource)
+        out = []
+        for (res, _ns, _name), obj in list(self.emulator.objects.items()):
+            if res == wanted and not obj.deleted:
+                out.append(_plain(obj.raw))
+        return out
+
+    def requests(self) -> Iterable[Any]:
+        assert self.emulator is not None
+        return list(self.emulator._requests)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict) or hasattr(value, "raw"):
+        items = value.raw.items() if hasattr(value, "raw") and not isinstance(value, dict) else value.items()
+        return {k: _plain(v) for k, v in items}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- manifests for tests and benchmarks ----------------------------------------------------------
+
+GV = "tessera.dev/v1alpha1"
+GPU = "nvidia.com/gpu"
+
+
+def flavor(name: str, labels: dict[str, str] | None = None, tolerations: list[dict[str, Any]] | None = None,
+           topology: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"nodeLabels": dict(labels or {})}
+    if tolerations:
+        spec["tolerations"] = tolerations
+    if topology:
+        spec["topologyName"] = topology
+    return {"apiVersion": GV, "kind": "ResourceFlavor", "metadata": {"name": name}, "spec": spec}
+
+
+def cluster_queue(name: str, flavors: dict[str, int | str], resource: str = GPU, cohort: str | None = None,
+                  preemption: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    """A ClusterQueue covering one resource with a nominal quota per flavor, open to every namespace."""
+    body: dict[str, Any] = {
+        "namespaceSelector": {},
+        "resourceGroups": [{
+            "coveredResources": [resource],
+            "flavors": [{"name": f, "resources": [{"name": resource, "nominalQuota": str(q)}]} for f, q in flavors.items()],
+        }],
+        **spec,
+    }
+    if cohort:
+        body["cohort"] = cohort
+    if preemption:
+        body["preemption"] = preemption
+    return {"apiVersion": GV, "kind": "ClusterQueue", "metadata": {"name": name}, "spec": body}
+
+
+def local_queue(namespace: str, name: str, cluster_queue_name: str) -> dict[str, Any]:
+    return {"apiVersion": GV, "kind": "LocalQueue", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"clusterQueue": cluster_queue_name}}
+
+
+def priority_class(name: str, value: int) -> dict[str, Any]:
+    return {"apiVersion": GV, "kind": "WorkloadPriorityClass", "metadata": {"name": name}, "value": value}
+
+
+def topology(name: str, *levels: str) -> dict[str, Any]:
+    return {"apiVersion": GV, "kind": "Topology", "metadata": {"name": name},
+            "spec": {"levels": [{"nodeLabel": level} for level in levels]}}
+
+
+def node(name: str, gpus: int = 8, labels: dict[str, str] | None = None, cpu: str = "64",
+         memory: str = "512Gi") -> dict[str, Any]:
+    allocatable = {"cpu": cpu, "memory": memory, "pods": "110", GPU: str(gpus)}
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+            "status": {"allocatable": allocatable, "capacity": dict(allocatable)}}
+
+
+def job(namespace: str, name: str, queue: str | None, gpus: int = 1, parallelism: int = 1,
+        priority: str | None = None, suspend: bool | None = True, node_selector: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None, template_annotations: dict[str, str] | None = None,
+        tolerations: list[dict[str, Any]] | None = None, cpu: str | None = None) -> dict[str, Any]:
+    """A batch/v1 Job of `parallelism` pods asking `gpus` GPUs each, queued in `queue` (None: not managed)."""
+    labels: dict[str, str] = {}
+    if queue is not None:
+        labels["tessera.dev/queue-name"] = queue
+    if priority is not None:
+        labels["tessera.dev/priority-class"] = priority
+    requests = {GPU: str(gpus), **({"cpu": cpu} if cpu else {})}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [{"name": "main", "image": "busybox",
+                        "resources": {"requests": requests, "limits": {GPU: str(gpus)}}}],
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        pod_spec["tolerations"] = list(tolerations)
+    spec: dict[str, Any] = {"parallelism": parallelism, "completions": parallelism,
+                            "template": {"metadata": {"annotations": dict(template_annotations or {})},
+                                         "spec": pod_spec}}
+    if suspend is not None:
+        spec["suspend"] = suspend
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+def pod(namespace: str, name: str, node_name: str | None, gpus: int = 1, job_name: str | None = None,
+        phase: str = "Running") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if job_name:
+        meta["labels"] = {"batch.kubernetes.io/job-name": job_name}
+        meta["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": "x"}]
+    spec: dict[str, Any] = {"containers": [{"name": "main", "resources": {"requests": {"cpu": "1", GPU: str(gpus)}}}]}
+    if node_name:
+        spec["nodeName"] = node_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {"phase": phase}}
