@@ -15,6 +15,11 @@ server behaviours, so this subclass adds them:
 
 `EmulatedCluster` runs the emulator in a thread with its own event loop, so the operator
 under test owns its loop alone (kopf cancels every task it did not start when it stops).
+
+Two workarounds for kmock 0.8: `/api/v1/namespaces` (which kmock cannot parse) is served
+here, and kmock's request history is kept to the requests in flight (it scans the whole
+history on every request, which made long runs quadratic); `StrictEmulator.calls` records
+every request instead.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import datetime
 import itertools
 import threading
 import uuid
-from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -55,12 +59,30 @@ TESSERA_RESOURCES: dict[str, tuple[str, bool]] = {
 ALL_VERBS = ("list", "watch", "get", "create", "patch", "update", "delete")
 
 
+_VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch", "DELETE": "delete"}
+
+
+@attrs.frozen
+class Call:
+    """One request as the emulator saw it (who, which resource, which verb)."""
+
+    agent: str
+    group: str | None
+    plural: str | None
+    subresource: str | None
+    verb: str
+
+
 @attrs.define(kw_only=True)
 class StrictEmulator(kmock.KubernetesEmulator):
     """`kmock.KubernetesEmulator` with resource versions, preconditions and a status subresource."""
 
     _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock, init=False)
+    calls: list[Call] = attrs.field(factory=list, init=False)
+    """A light record of every request (kmock's own request list is kept to the requests in flight:
+    kmock scans it on every request to match reactions, which made a long run quadratic)."""
+    _inflight: set[int] = attrs.field(factory=set, init=False)
 
     def declare(self) -> None:
         """Declare every resource the operator uses, so discovery and kopf's scanning find them."""
@@ -98,6 +120,22 @@ class StrictEmulator(kmock.KubernetesEmulator):
         return None
 
     async def _handle(self, request: Any) -> Any:  # type: ignore[override]
+        resource = request.resource
+        self.calls.append(Call(
+            agent=str(request.headers.get("User-Agent", "")),
+            group=None if resource is None else resource.group,
+            plural=None if resource is None else resource.plural,
+            subresource=request.subresource,
+            verb=_VERBS.get(getattr(request.action, "name", ""), ""),
+        ))
+        self._inflight.add(id(request))
+        self._requests[:] = [r for r in self._requests if id(r) in self._inflight]
+        try:
+            return await self._handle_strictly(request)
+        finally:
+            self._inflight.discard(id(request))
+
+    async def _handle_strictly(self, request: Any) -> Any:
         if request.resource is None or request.action not in (enums.action.CREATE, enums.action.UPDATE):
             return await super()._handle(request)
         async with self._write_lock:
@@ -202,9 +240,10 @@ class EmulatedCluster:
                 out.append(_plain(obj.raw))
         return out
 
-    def requests(self) -> Iterable[Any]:
+    def calls(self) -> list[Call]:
+        """Every request served so far (namespaces excepted, see `StrictEmulator.__call__`)."""
         assert self.emulator is not None
-        return list(self.emulator._requests)
+        return list(self.emulator.calls)
 
 
 def _plain(value: Any) -> Any:

@@ -358,8 +358,14 @@ def test_batch_mode(medium: Path) -> None:
         if record.started_at is not None:
             assert record.started_at == float(min(n - 1, seq // 7 * 7 + 6))
     assert batched.metrics["mean_wait_s"] > 0 == one.metrics["mean_wait_s"]
-    tessera = run_fill(setup, "tessera", FillConfig(seed=6, batch=7))
-    assert tessera.metrics["batch"] == 7 and tessera.metrics["cycles"] == math.ceil(n / 7)
+    run = FillRun(setup, "tessera", FillConfig(seed=6, batch=40))  # windows of 16 tried in two orders, rolled back
+    tessera = run.run()
+    check_run(run, tessera)
+    assert tessera.metrics["batch"] == 40 and tessera.metrics["cycles"] == math.ceil(n / 40)
+    for request in {p.request for p in run.pods or []}:  # the vectorised view followed every rollback
+        assert list(run.arrays.mask(request)) == [node.fit_failure(request) is None for node in run.arrays.nodes]
+    assert list(run.arrays.key) == [run.arrays.intern(st, node.state_id)
+                                    for st, node in zip(run.arrays.static, run.arrays.nodes, strict=True)]
 
 
 def test_tessera_batch_order() -> None:

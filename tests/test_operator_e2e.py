@@ -175,17 +175,13 @@ async def setup_queues(user: User, quota: int = 8, preemption: dict[str, Any] | 
 
 def operator_calls(cluster: EmulatedCluster) -> set[tuple[str, str, str]]:
     """(group, resource, verb) of every request kopf and the operator made to the emulator."""
-    verbs = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch",
-             "DELETE": "delete"}
     calls = set()
-    for request in cluster.requests():
-        agent = request.headers.get("User-Agent", "")
-        if request.resource is None or request.resource.plural is None:
+    for call in cluster.calls():
+        if call.plural is None or call.group is None:
             continue  # discovery (/api, /apis/...): open to every authenticated client
-        if not (agent.startswith("kopf/") or agent.startswith(USER_AGENT)):
+        if not (call.agent.startswith("kopf/") or call.agent.startswith(USER_AGENT)):
             continue  # the test's own requests
-        plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        calls.add((request.resource.group, plural, verbs[request.action.name]))
+        calls.add((call.group, call.plural + (f"/{call.subresource}" if call.subresource else ""), call.verb))
     return calls
 
 
