@@ -46,7 +46,7 @@ Placement rules (``scoring``):
 
 Speed: filtering is vectorised over nodes (`_NodeArrays`), and a pod shape's score on a node
 is memoised under (scorer static key, node state id), so only node states a shape has not
-met yet are scored: the default openb trace (~10,800 arrivals, 1,213 nodes) takes 1-6 s per
+met yet are scored: the default openb trace (~10,800 arrivals, 1,213 nodes) takes 2-8 CPU s per
 policy.
 """
 
@@ -56,7 +56,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
