@@ -452,7 +452,9 @@ async def test_pods_not_ready_in_time_are_evicted_and_requeued_with_backoff(
         cluster: EmulatedCluster, user: User) -> None:
     await setup_queues(user)
     config = Configuration.model_validate({"waitForPodsReady": {"enable": True, "timeout": "1s",
-                                                                "requeuingStrategy": {"backoffBaseSeconds": 1}}})
+                                                                "requeuingStrategy": {"backoffBaseSeconds": 4}}})
+    # The backoff is long enough that the first requeue is observed (and the pods made ready)
+    # before a second admission can time out again, even on a busy machine.
     async with running(cluster, configuration=config, period=0.2):
         await user.create(job("ns", "slow", "lq", gpus=1))
         await until(lambda: _started_job(user, "slow"), what="admitted")
@@ -462,7 +464,7 @@ async def test_pods_not_ready_in_time_are_evicted_and_requeued_with_backoff(
         assert not started(await user.job("slow"))
         # Its pods will be ready this time; after the backoff it is admitted again and stays.
         await user.patch(JOBS, "ns", "slow", {"status": {"ready": 1}}, "status")
-        ready = await until(lambda: _has_condition(user, "slow", "PodsReady"), timeout=10, what="PodsReady recorded")
+        ready = await until(lambda: _has_condition(user, "slow", "PodsReady"), timeout=20, what="PodsReady recorded")
         assert condition(ready, "QuotaReserved")["status"] == "True"
         assert started(await user.job("slow"))
 
