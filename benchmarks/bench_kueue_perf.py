@@ -165,6 +165,15 @@ def simulate(setup: Setup, policy_name: str) -> RunResult:
     return Simulation(setup, policy, binder_for(policy)).run()
 
 
+def stopped_summary(run: common.Run, setup: Setup) -> dict[str, Any]:
+    """What a run stopped by --max-wall can say: how far it got."""
+    cycles_ms = [c * 1000 for c in run.cycle_seconds]
+    return {"policy": run.policy, "stopped": True, "reached_s": run.reached,
+            "submitted": common.submitted_by(setup, run.reached or 0.0), "workloads": len(setup.jobs),
+            "cycles": len(cycles_ms), "cycle_p50_ms": common.percentile(cycles_ms, 50),
+            "cycle_p99_ms": common.percentile(cycles_ms, 99), "wall_s": run.wall}
+
+
 def workload_class(name: str) -> str:
     return name.split("-", 1)[0]
 
@@ -201,6 +210,12 @@ def render(summaries: Sequence[dict[str, Any]], setup: Setup, args: argparse.Nam
     per_class = {c.name: c for c in CLASSES}
     rows: list[list[Any]] = []
     for s in summaries:
+        if s.get("stopped"):
+            rows.append([f"`{s['policy']}` (simulated)", f"**stopped after {s['wall_s'] / 60:.0f} min of wall time** at "
+                         f"simulated t={s['reached_s']:.1f} s ({s['submitted']:,} of {s['workloads']:,} submitted)",
+                         "-", "-", "-", "-", "-", "-", "-", s["cycles"],
+                         f"{s['cycle_p50_ms']:.1f} / {s['cycle_p99_ms']:.1f}", f"{s['wall_s']:.1f} / {cpu[s['policy']]:.1f}"])
+            continue
         cl = s["classes"]
         rows.append([
             f"`{s['policy']}` (simulated)",
@@ -288,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--node-cpu", type=int, default=None,
                     help="place pods on nodes of this many CPU (>= 20) instead of one 600-CPU node")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-wall", type=float, default=None, help="stop each policy's run after this many wall seconds")
     ap.add_argument("--out", default=None, help="result file (default benchmarks/results/kueue_perf[_quick][_nodesN].md)")
     args = ap.parse_args(argv)
     args.scale = 1.0
@@ -296,17 +312,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         ap.error(f"--node-cpu must be at least {max(c.cpu for c in CLASSES)} (the large class's pod)")
     setup = build_setup(cohorts=args.cohorts, scale=args.scale, node_cpu=args.node_cpu, seed=args.seed)
     summaries, cpu = [], {}
+    stem = "kueue_perf" + ("_quick" if args.quick else "") + (f"_nodes{args.node_cpu}" if args.node_cpu else "")
     for name in [p.strip() for p in args.policies.split(",") if p.strip()]:
         print(f"simulating {name} on {len(setup.jobs):,} workloads ...", file=sys.stderr, flush=True)
-        with common.Stopwatch() as sw:
-            result = simulate(setup, name)
-        cpu[name] = sw.cpu
-        summary = summarize(result)
+        run = common.simulate(setup, name, args.max_wall)
+        cpu[name] = run.cpu
+        summary = summarize(run.result) if run.completed else stopped_summary(run, setup)
+        summary["wall_s"] = run.wall
         summaries.append(summary)
-        print(f"  {name}: wall {sw.wall:.1f} s, CPU {sw.cpu:.1f} s, makespan {summary['makespan_s']:.1f} s, "
+        print(f"  {name}: wall {run.wall:.1f} s, CPU {run.cpu:.1f} s, completed {run.completed}, "
               f"cycles {summary['cycles']}", file=sys.stderr, flush=True)
-    stem = "kueue_perf" + ("_quick" if args.quick else "") + (f"_nodes{args.node_cpu}" if args.node_cpu else "")
-    common.write_result(stem, render(summaries, setup, args, cpu), args.out)
+        # the file after every policy, so that a long run killed later keeps what it measured
+        common.write_result(stem, render(summaries, setup, args, cpu), args.out)
 
 
 if __name__ == "__main__":

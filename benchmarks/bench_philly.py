@@ -216,12 +216,22 @@ def simulate(setup: Setup, policy_name: str) -> RunResult:
     return Simulation(setup, policy, binder_for(policy)).run()
 
 
-def render(ps: PhillySetup, results: Sequence[RunResult], cpu: dict[str, float], args: argparse.Namespace) -> str:
+def render(ps: PhillySetup, results: Sequence[RunResult | common.Run], cpu: dict[str, float],
+           args: argparse.Namespace) -> str:
+    """``results``: engine results, or `common.Run` records of runs stopped by --max-wall."""
     w = ps.window
-    base = next((r for r in results if r.policy == "kueue"), None)
+    base = next((r for r in results if r.policy == "kueue" and not isinstance(r, common.Run)), None)
     bm = base.metrics if base else None
-    rows = []
+    rows: list[list[Any]] = []
     for r in results:
+        if isinstance(r, common.Run):
+            cycles_ms = [c * 1000 for c in r.cycle_seconds]
+            rows.append([f"`{r.policy}`", f"**stopped after {r.wall / 60:.0f} min of wall time** at simulated "
+                         f"{common.duration(r.reached or 0.0)} ({common.submitted_by(ps.setup, r.reached or 0.0):,} of "
+                         f"{len(ps.setup.jobs):,} jobs submitted)"] + ["-"] * 12
+                        + [f"{common.percentile(cycles_ms, 50):.1f} / {common.percentile(cycles_ms, 99):.1f}",
+                           len(cycles_ms), f"{r.wall:.0f} / {cpu[r.policy]:.0f}"])
+            continue
         m = r.metrics
         rows.append([
             f"`{r.policy}`",
@@ -297,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="ClusterQueues' reclaimWithinCohort (default Any)")
     ap.add_argument("--trace-dir", default=str(TRACE_DIR), help=f"folder of the Philly files (default {TRACE_DIR})")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-wall", type=float, default=None, help="stop each policy's run after this many wall seconds")
     ap.add_argument("--out", default=None, help="result file (default benchmarks/results/philly[_quick].md)")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -310,18 +321,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     ps = build_setup(trace, vc_file, window, load=args.load, reclaim=args.reclaim, seed=args.seed)
     print(f"window {window.iso(window.start)} .. {window.iso(window.end)}: {len(ps.setup.jobs):,} jobs, "
           f"{ps.nodes} nodes", file=sys.stderr, flush=True)
-    results, cpu = [], {}
+    results: list[RunResult | common.Run] = []
+    cpu: dict[str, float] = {}
+    stem = "philly" if args.days == 14 else ("philly_quick" if args.quick else f"philly_{args.days}d")
     for name in [p.strip() for p in args.policies.split(",") if p.strip()]:
         print(f"simulating {name} ...", file=sys.stderr, flush=True)
-        with common.Stopwatch() as sw:
-            result = simulate(ps.setup, name)
-        cpu[name] = sw.cpu
-        results.append(result)
-        m = result.metrics
-        print(f"  {name}: wall {sw.wall:.0f} s, CPU {sw.cpu:.0f} s, busy util {m['gpu_utilization_busy']:.3f}, "
-              f"mean wait {m['mean_wait_s']:.0f} s, cycles {m['cycles']}", file=sys.stderr, flush=True)
-    stem = "philly" if args.days == 14 else ("philly_quick" if args.quick else f"philly_{args.days}d")
-    common.write_result(stem, render(ps, results, cpu, args), args.out)
+        run = common.simulate(ps.setup, name, args.max_wall)
+        cpu[name] = run.cpu
+        results.append(run.result if run.completed else run)
+        if run.completed:
+            m = run.result.metrics
+            print(f"  {name}: wall {run.wall:.0f} s, CPU {run.cpu:.0f} s, busy util {m['gpu_utilization_busy']:.3f}, "
+                  f"mean wait {m['mean_wait_s']:.0f} s, cycles {m['cycles']}", file=sys.stderr, flush=True)
+        else:
+            print(f"  {name}: stopped after {run.wall:.0f} s at simulated t={run.reached:.0f} s", file=sys.stderr, flush=True)
+        # the file after every policy, so that a long run killed later keeps what it measured
+        common.write_result(stem, render(ps, results, cpu, args), args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts the project root on sys.path)
 from quotas.api import ClusterQueue, Cohort, Configuration, LocalQueue, ResourceFlavor, Topology  # noqa: E402
 from quotas.kube import Node  # noqa: E402
-from scheduler.decisions import make_policy  # noqa: E402
 from simulator.cluster_gen import GPU_MODEL_LABEL, GPU_RESOURCE, TOPOLOGY_LEVELS, generate_nodes  # noqa: E402
-from simulator.engine import Setup, Simulation  # noqa: E402
-from simulator.run import binder_for, simulation_config  # noqa: E402
+from simulator.engine import Setup  # noqa: E402
+from simulator.run import simulation_config  # noqa: E402
 from simulator.synthetic import DEFAULT_PRIORITY_VALUES, SyntheticSpec, generate_synthetic  # noqa: E402
 
 TEAMS = 8
@@ -54,14 +52,6 @@ CPU_PER_NODE = 128
 MEMORY_GI_PER_NODE = 1024
 FLAVOR = "h100"
 POLICIES = ("tessera", "kueue")
-
-
-class OverBudget(Exception):
-    """Raised from the progress callback to stop a run that exceeded --max-wall."""
-
-    def __init__(self, at: float) -> None:
-        super().__init__(at)
-        self.at = at
 
 
 def build_setup(jobs: int = 10_000, nodes: int = 1024, seed: int = 0, load: float = 1.2) -> Setup:
@@ -106,36 +96,18 @@ def build_setup(jobs: int = 10_000, nodes: int = 1024, seed: int = 0, load: floa
 
 def run_policy(setup: Setup, name: str, max_wall: float | None = None) -> dict[str, Any]:
     """Simulate one policy; the metrics plus wall/CPU time, cycle max, peak RSS, and whether it completed."""
-    policy = make_policy(name)
-    started = time.perf_counter()
-    last_print = [started]
-    submits = sorted(job.submit_at for job in setup.jobs)
-
-    def progress(at: float) -> None:
-        now = time.perf_counter()
-        if now - last_print[0] > 60:
-            last_print[0] = now
-            print(f"    {name}: simulated {at / 3600:.1f} h after {now - started:.0f} s", file=sys.stderr, flush=True)
-        if max_wall is not None and now - started > max_wall:
-            raise OverBudget(at)
-
-    with common.Stopwatch() as sw:
-        simulation = Simulation(setup, policy, binder_for(policy), progress)
-        try:
-            result = simulation.run()
-            out: dict[str, Any] = {"completed": True, "metrics": result.metrics}
-            cycles = result.cycle_seconds
-        except OverBudget as stop:
-            import bisect
-
-            out = {"completed": False, "reached_s": stop.at, "submitted": bisect.bisect_right(submits, stop.at),
-                   "metrics": {"cycles": len(simulation.cycle_seconds)}}
-            cycles = simulation.cycle_seconds
-    cycles_ms = [c * 1000 for c in cycles]
-    out.update(policy=name, wall_s=sw.wall, cpu_s=sw.cpu, peak_rss_mib=common.peak_rss_mib(),
+    run = common.simulate(setup, name, max_wall)
+    out: dict[str, Any]
+    if run.completed:
+        out = {"completed": True, "metrics": run.result.metrics}
+    else:
+        out = {"completed": False, "reached_s": run.reached, "submitted": common.submitted_by(setup, run.reached),
+               "metrics": {"cycles": len(run.cycle_seconds)}}
+    cycles_ms = [c * 1000 for c in run.cycle_seconds]
+    out.update(policy=name, wall_s=run.wall, cpu_s=run.cpu, peak_rss_mib=common.peak_rss_mib(),
                cycle_p50_ms=common.percentile(cycles_ms, 50), cycle_p99_ms=common.percentile(cycles_ms, 99),
-               cycle_max_ms=max(cycles_ms, default=float("nan")), cycle_total_s=sum(cycles),
-               last_submit_s=submits[-1] if submits else 0.0)
+               cycle_max_ms=max(cycles_ms, default=float("nan")), cycle_total_s=sum(run.cycle_seconds),
+               last_submit_s=max((job.submit_at for job in setup.jobs), default=0.0))
     return out
 
 

@@ -144,3 +144,66 @@ class Stopwatch:
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self._wall
         self.cpu = cpu_seconds() - self._cpu
+
+
+# --- running a simulation with a wall-clock budget -------------------------------------------
+
+
+class OverBudget(Exception):
+    """Raised from the engine's progress callback to stop a run that exceeded its wall-clock budget."""
+
+    def __init__(self, at: float) -> None:
+        super().__init__(at)
+        self.at = at
+
+
+class Run:
+    """One policy's simulation: the engine's result when it completed, else how far it got."""
+
+    def __init__(self, policy: str, result: Any, wall: float, cpu: float, cycle_seconds: list[float],
+                 reached: float | None = None) -> None:
+        self.policy = policy
+        self.result = result
+        """`simulator.engine.RunResult`, or None when the run was stopped."""
+        self.wall = wall
+        self.cpu = cpu
+        self.cycle_seconds = cycle_seconds
+        self.reached = reached
+        """Simulated time at which a stopped run was stopped."""
+
+    @property
+    def completed(self) -> bool:
+        return self.result is not None
+
+
+def simulate(setup: Any, policy_name: str, max_wall: float | None = None, every: float = 60.0) -> Run:
+    """Simulate ``policy_name`` on ``setup`` (with kube-scheduler's binder for quota-only policies),
+    printing progress to stderr every ``every`` wall seconds; stop after ``max_wall`` wall seconds."""
+    from scheduler.decisions import make_policy
+    from simulator.engine import Simulation
+    from simulator.run import binder_for
+
+    policy = make_policy(policy_name)
+    started = time.perf_counter()
+    last = [started]
+
+    def progress(at: float) -> None:
+        now = time.perf_counter()
+        if now - last[0] > every:
+            last[0] = now
+            print(f"    {policy_name}: simulated t={at:,.1f} s after {now - started:.0f} s wall", file=sys.stderr, flush=True)
+        if max_wall is not None and now - started > max_wall:
+            raise OverBudget(at)
+
+    with Stopwatch() as sw:
+        simulation = Simulation(setup, policy, binder_for(policy), progress)
+        try:
+            result, reached = simulation.run(), None
+        except OverBudget as stop:
+            result, reached = None, stop.at
+    return Run(policy_name, result, sw.wall, sw.cpu, list(simulation.cycle_seconds), reached)
+
+
+def submitted_by(setup: Any, at: float) -> int:
+    """How many of the setup's jobs were submitted by simulated time ``at``."""
+    return sum(1 for job in setup.jobs if job.submit_at <= at)

@@ -60,9 +60,11 @@ def test_kueue_perf_scaled_down() -> None:
         assert all(c["admitted"] == c["workloads"] for c in summary["classes"].values())
         assert summary["makespan_s"] > 0
         summaries.append(summary)
+    stopped = bench_kueue_perf.stopped_summary(common.simulate(setup, "kueue", max_wall=0.0), setup)
+    stopped["policy"] = "bestfit"
     args = argparse.Namespace(quick=True, scale=0.02, cohorts=1, node_cpu=None)
-    text = bench_kueue_perf.render(summaries, setup, args, {"kueue": 1.0, "tessera": 2.0})
-    assert "| `kueue` (simulated) |" in text and "Kueue, published" in text
+    text = bench_kueue_perf.render([*summaries, stopped], setup, args, {"kueue": 1.0, "tessera": 2.0, "bestfit": 0.1})
+    assert "| `kueue` (simulated) |" in text and "Kueue, published" in text and "**stopped after" in text
 
 
 def test_kueue_perf_nodes_variant() -> None:
@@ -108,9 +110,11 @@ def test_philly_inline_trace(tmp_path: Path) -> None:
     results = [bench_philly.simulate(ps.setup, name) for name in ("kueue", "tessera")]
     for result in results:
         assert result.metrics["finished"] == 9
+    stopped = common.simulate(ps.setup, "fgd", max_wall=0.0)  # --max-wall: reported as stopped, no numbers
+    assert not stopped.completed and stopped.reached is not None
     args = argparse.Namespace(days=1, quick=True, reclaim="Any", argv=["--quick"])
-    text = bench_philly.render(ps, results, {"kueue": 1.0, "tessera": 1.0}, args)
-    assert "| `tessera` |" in text and "x1.00" in text
+    text = bench_philly.render(ps, [*results, stopped], {"kueue": 1.0, "tessera": 1.0, "fgd": 0.1}, args)
+    assert "| `tessera` |" in text and "x1.00" in text and "**stopped after" in text
 
 
 def test_philly_helpers() -> None:
