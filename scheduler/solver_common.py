@@ -336,6 +336,9 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
     strict_blocked: dict[str, str] = {}
     running = {a.key for a in snapshot.admitted}
     namespace_labels = getattr(snapshot, "namespace_labels", None) or {}
+    # Pending sets repeat a few podset shapes many times (replicas of one Job template, a team's
+    # usual sizes): their options are computed once per ClusterQueue and shape, and shared.
+    option_memo: dict[tuple[object, ...], tuple[list[PodSetOption], list[str]]] = {}
     for pending in sorted(snapshot.pending, key=queue_order_key):
         wl = pending.workload
         key = pending.key
@@ -374,7 +377,13 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
         for i, ps in enumerate(wl.podsets):
             if ps.count <= 0:
                 continue
-            options, reasons = _podset_options(snapshot, tree, cq, ps, node_sets, prepared.groups, prepared.group_nodes)
+            shape = (cq, ps.name, ps.count, ps.min_count, ps.requests, ps.constraints, ps.topology)
+            memo = option_memo.get(shape)
+            if memo is None:
+                memo = option_memo[shape] = _podset_options(
+                    snapshot, tree, cq, ps, node_sets, prepared.groups, prepared.group_nodes
+                )
+            options, reasons = memo
             if not options:
                 why = f"couldn't assign flavors to pod set {ps.name}: {'; '.join(sorted(set(reasons))) or 'no flavor'}"
                 break

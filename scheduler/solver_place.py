@@ -15,6 +15,8 @@ model, the fallback when the solver finds nothing, and the backfill pass after t
 
 from __future__ import annotations
 
+import heapq
+
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -236,26 +238,40 @@ class Placer:
 
     def _place_best_fit(self, pod: PodRequest, count: int, idx: _StateIndex) -> tuple[list[str], list[Binding]] | None:
         """``count`` pods one by one, each on a node of the best-scoring state (MostAllocated by
-        default: packing), the first such node by name. All or nothing."""
+        default: packing), the first such node by name. All or nothing.
+
+        A state's fit and score do not change, only its members: the states are ranked in a heap
+        once, a bind moves one node into a state that is ranked when it appears, and states left
+        empty are dropped when they reach the top."""
+        heap: list[tuple[float, int]] = []
+        for sid, members in idx.by_state.items():
+            rep = next(iter(members))
+            if self._fit_state(pod, sid, rep) > 0:
+                heap.append((-self._score(pod, sid, rep), sid))
+        heapq.heapify(heap)
+        queued = {sid for _, sid in heap}
         names: list[str] = []
         bindings: list[Binding] = []
+        nodes = self.cluster.nodes
         for _ in range(count):
-            best: tuple[float, int] | None = None
-            best_members: set[str] | None = None
-            for sid, members in idx.by_state.items():
-                rep = next(iter(members))
-                if self._fit_state(pod, sid, rep) <= 0:
-                    continue
-                rank = (self._score(pod, sid, rep), -sid)
-                if best is None or rank > best:
-                    best, best_members = rank, members
-            if best_members is None:
+            members = None
+            while heap:
+                members = idx.by_state.get(heap[0][1])
+                if members:
+                    break
+                queued.discard(heapq.heappop(heap)[1])
+                members = None
+            if members is None:
                 self._unbind(bindings)
                 return None
-            name = min(best_members)
+            name = min(members)
             bindings.append(self.cluster.bind(name, pod))
             names.append(name)
             self.touch((name,))
+            sid = nodes[name].state_id
+            if sid not in queued and self._fit_state(pod, sid, name) > 0:
+                heapq.heappush(heap, (-self._score(pod, sid, name), sid))
+                queued.add(sid)
         return names, bindings
 
     # --- placing one podset ------------------------------------------------------------------
@@ -357,6 +373,13 @@ class Placer:
         fit = self.tree.fits(cq, {fr: v for fr, v in request.items() if v > 0}, self.usage)  # type: ignore[arg-type]
         return fit.fits, fit.borrows
 
+    def borrows(self, cq: str, request: Mapping[FlavorResource, int]) -> bool:
+        """Whether ``request``, known to fit ``cq``'s quota, fits only by borrowing (as `quota_fits`
+        would say, without recomputing where it fits)."""
+        tree = self.tree
+        node = tree.cluster_queue(cq)
+        return any(v > 0 and tree.borrowing_with(node, fr, v, self.usage) for fr, v in request.items())  # type: ignore[arg-type]
+
     def try_admit(self, candidate: Candidate, choice: Sequence[tuple[int, int]] | None = None) -> Placed | str:
         """Place every podset (first option in flavor order that fits quota and binds) and return the
         admission, still uncommitted (its pods are bound; `commit` charges quota, `undo` unbinds); or why not."""
@@ -398,11 +421,8 @@ class Placer:
             if not done:
                 self._unbind(bindings)
                 return reasons[0] if reasons else f"podset {ps.info.name}: no flavor fits"
-        fits, borrows = self.quota_fits(candidate.cluster_queue, request)
-        if not fits:  # podsets fit one by one; defensive (cannot fail as usage is monotone)
-            self._unbind(bindings)
-            return quota_shortfall(self.snapshot, self.usage, candidate.cluster_queue, request) or "insufficient quota"
-        return Placed(candidate, chosen, placed_nodes, domains, bindings, request, borrows)
+        # `request` passed quota_shortfall as a whole with the last podset
+        return Placed(candidate, chosen, placed_nodes, domains, bindings, request, self.borrows(candidate.cluster_queue, request))
 
     def admit_plan(
         self,
@@ -432,8 +452,8 @@ class Placer:
                 return attempt.reason
             bindings.extend(attempt.bindings)
             nodes_out.append(attempt.nodes)
-        _, borrows = self.quota_fits(candidate.cluster_queue, request)
-        return Placed(candidate, list(choice), nodes_out, list(domains), bindings, request, borrows, source="solver")
+        return Placed(candidate, list(choice), nodes_out, list(domains), bindings, request,
+                      self.borrows(candidate.cluster_queue, request), source="solver")
 
     def commit(self, placed: Placed) -> None:
         self.usage = self.usage.admit(placed.candidate.cluster_queue, placed.usage)  # type: ignore[attr-defined]
