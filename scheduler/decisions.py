@@ -56,6 +56,10 @@ class Decisions:
     pending: dict[str, str] = field(default_factory=dict)
     """Reason per workload key left pending this cycle."""
     stats: CycleStats = field(default_factory=lambda: CycleStats(policy=""))
+    nominations: dict[str, frozenset[str]] = field(default_factory=dict)
+    """Nodes per pending workload to hold for it next cycle (`Pending.nominated_nodes`): set by
+    preemptors whose victims are being removed; whoever applies the decisions passes them on to
+    the next snapshot and drops the others."""
     again: bool = False
     """The policy wants another cycle at the same instant even if nothing changed (Kueue sets an
     inadmissible BestEffortFIFO head aside, and the next cycle looks at the workload behind it)."""

@@ -78,6 +78,10 @@ class Pending:
     requeue_count: int = 0
     not_before: float = 0.0
     """Requeue backoff: not to be considered before this time."""
+    nominated_nodes: frozenset[str] = frozenset()
+    """Nodes that the preemptions this workload caused are freeing for it (kube-scheduler's
+    nominated node): a policy keeps them from work that does not outrank it, so that the
+    capacity the victims give up goes to the preemptor and is not taken, then preempted again."""
 
     @property
     def key(self) -> str:

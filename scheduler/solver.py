@@ -270,6 +270,7 @@ class TesseraPolicy:
         decisions = self._decisions(snapshot, prepared, chosen, greedy, reservations)
         if self.preemption:
             self._preempt(snapshot, prepared, chosen, decisions)
+        self._renominate(snapshot, decisions)
         decisions.stats = CycleStats(
             policy=self.name,
             seconds=time.monotonic() - start,
@@ -356,11 +357,20 @@ class TesseraPolicy:
     # --- aging: reservations ---
 
     def _reservations(self, snapshot: Snapshot, prepared: Prepared) -> list[Reservation]:
-        """Nodes held for aged workloads that do not fit now (see docs/solver.md, "Aging")."""
+        """Nodes held for preemptors (their nominated nodes) and for aged workloads that do not fit
+        now (see docs/solver.md, "Aging" and "Preemption")."""
+        nominated: list[Reservation] = []
+        for cand in prepared.candidates:
+            nodes = cand.pending.nominated_nodes & snapshot.cluster.nodes.keys()
+            if nodes:
+                nominated.append(Reservation(cand.key, cand.priority, cand.queued_at, frozenset(nodes),
+                                             note="freed by its preemptions", nominated=True))
         out: list[Reservation] = []
         probe: Placer | None = None
         looked = 0
         for cand in prepared.candidates:
+            if cand.pending.nominated_nodes:
+                continue
             if len(out) >= MAX_RESERVATIONS or looked >= 4 * MAX_RESERVATIONS:
                 break
             waited = snapshot.now - cand.queued_at
@@ -369,13 +379,13 @@ class TesseraPolicy:
             looked += 1
             if probe is None:
                 probe = Placer(snapshot)
-            probe.reservations = list(out)
+            probe.reservations = nominated + out
             nodes = self._reserve_for(snapshot, probe, cand)
             if nodes:
                 out.append(
                     Reservation(cand.key, cand.priority, cand.queued_at, frozenset(nodes), note=f"waiting {waited:.0f}s")
                 )
-        return out
+        return nominated + out
 
     @staticmethod
     def _reserve_for(snapshot: Snapshot, probe: Placer, cand: Candidate) -> list[str]:
@@ -514,9 +524,10 @@ class TesseraPolicy:
                 continue
             if cluster is None:
                 cluster = chosen.placer.cluster.copy()
-            ok = self._fits_after(snapshot, cluster, cand, assignment, [by_key[v.workload.key] for v in result.victims])
+            nodes = self._fits_after(snapshot, cluster, cand, assignment, [by_key[v.workload.key] for v in result.victims],
+                                     chosen.placer.excluded(cand))
             victims = ", ".join(v.workload.key for v in result.victims)
-            if not ok:
+            if nodes is None:
                 decisions.pending[cand.key] = (
                     f"{decisions.pending.get(cand.key, NOT_ADMITTED)}; preempting {victims} would free quota "
                     "but not node capacity for its pods, so nothing is preempted"
@@ -535,14 +546,29 @@ class TesseraPolicy:
                     )
                 )
             usage = result.usage_after.admit(cand.cluster_queue, assignment.usage)  # keep the freed quota for it
+            decisions.nominations[cand.key] = nodes
             need = ", ".join(f"{format_amount(v, r)} {r} in {f}" for (f, r), v in sorted(assignment.usage.items()) if v)
             decisions.pending[cand.key] = (
                 f"waiting for {len(result.victims)} preempted workload(s) to release {need}: {victims}"
             )
 
-    def _fits_after(self, snapshot: Snapshot, cluster: Cluster, cand: Candidate, assignment: object, victims: Sequence[object]) -> bool:
-        """Whether the preemptor's pods bind once the victims' pods are gone (the result is kept on
-        ``cluster`` when they do, so later preemptors do not count the same nodes twice)."""
+    @staticmethod
+    def _renominate(snapshot: Snapshot, decisions: Decisions) -> None:
+        """Keep holding a preemptor's nominated nodes while a victim still occupies them (its pods
+        are terminating); once they are free, the nomination lasts the one cycle that admits it."""
+        admitted = {a.key for a in decisions.admissions}
+        evicting = {b.node for a in snapshot.admitted if a.evicted for b in a.bindings}
+        for pending in snapshot.pending:
+            key = pending.key
+            if pending.nominated_nodes and key not in admitted and key not in decisions.nominations:
+                if pending.nominated_nodes & evicting:
+                    decisions.nominations[key] = pending.nominated_nodes
+
+    def _fits_after(self, snapshot: Snapshot, cluster: Cluster, cand: Candidate, assignment: object,
+                    victims: Sequence[object], excluded: frozenset[str] = frozenset()) -> frozenset[str] | None:
+        """The nodes the preemptor's pods bind on once the victims' pods are gone, None if they do
+        not (the result is kept on ``cluster`` when they do, so later preemptors do not count the
+        same nodes twice). ``excluded``: nodes held for workloads that outrank it."""
         with cluster.what_if() as trial:
             for a in victims:
                 for b in getattr(a, "bindings", ()):
@@ -550,18 +576,20 @@ class TesseraPolicy:
                         cluster.unbind(b)
             placer = Placer(snapshot, cluster=cluster, usage=snapshot.tree.empty_usage())
             request: dict = {}
+            nodes: set[str] = set()
             for i, ps in enumerate(cand.podsets):
                 want = assignment.podsets[i].flavors  # type: ignore[attr-defined]
                 opt = next((o for o in ps.options if all(o.flavors.get(r) == f for r, f in want.items())), None)
                 if opt is None:
-                    return False
-                attempt = placer.place_podset(cand, ps, opt, ps.count, frozenset())
+                    return None
+                attempt = placer.place_podset(cand, ps, opt, ps.count, excluded)
                 if attempt.reason is not None:
-                    return False
+                    return None
+                nodes.update(attempt.nodes)
                 for fr, v in opt.per_pod_quota.items():
                     request[fr] = request.get(fr, 0) + v * ps.count
             trial.commit()
-        return True
+        return frozenset(nodes)
 
 
 def _replay(cand: Candidate, adm: Admission) -> tuple[list[tuple[int, int]], list[list[tuple[str, int]]], list[tuple[str, ...] | None]] | None:

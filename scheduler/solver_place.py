@@ -32,17 +32,22 @@ __all__ = ["Placed", "Placer", "Reservation", "greedy_cycle", "quota_shortfall"]
 
 @dataclass(frozen=True)
 class Reservation:
-    """Nodes held for an aged workload: work it outranks may not be placed on them."""
+    """Nodes held for a workload: for an aged one, work it outranks may not be placed on them;
+    for a preemptor (``nominated``), no other work may, not even of higher priority: with
+    `reclaimWithinCohort: Any` the victims may outrank it, and would take the nodes back."""
 
     key: str
     priority: int
     queued_at: float
     nodes: frozenset[str]
     note: str = ""
+    nominated: bool = False
 
     def blocks(self, candidate: Candidate) -> bool:
         if candidate.key == self.key:
             return False
+        if self.nominated:
+            return True
         if candidate.priority != self.priority:
             return candidate.priority < self.priority
         return (candidate.queued_at, candidate.key) > (self.queued_at, self.key)

@@ -14,7 +14,7 @@ import heapq
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -166,6 +166,8 @@ class Simulation:
         self.states: dict[str, _State] = {}
         self.pending: dict[str, _State] = {}
         self.admitted: dict[str, _State] = {}
+        self.nominated: set[str] = set()
+        """Pending workloads whose `Pending.nominated_nodes` the last cycle set."""
         self.events: list[tuple[float, int, EventKind, str, int]] = []
         self._seq = 0
         self.samples: list[Sample] = []
@@ -398,7 +400,21 @@ class Simulation:
         for key, reason in decisions.pending.items():
             if key in self.states:
                 self.states[key].record.pending_reason = reason
+        self._nominate(decisions.nominations)
         return bool(decisions.preemptions or decisions.admissions)
+
+    def _nominate(self, nominations: Mapping[str, frozenset[str]]) -> None:
+        """Pass the policy's nominations to the next snapshot; the others lapse."""
+        for key in self.nominated - nominations.keys():
+            state = self.pending.get(key)
+            if state is not None and state.pending is not None:
+                state.pending = replace(state.pending, nominated_nodes=frozenset())
+        self.nominated = set()
+        for key, nodes in nominations.items():
+            state = self.pending.get(key)
+            if state is not None and state.pending is not None:
+                state.pending = replace(state.pending, nominated_nodes=frozenset(nodes))
+                self.nominated.add(key)
 
     # --- results --------------------------------------------------------------------------------
 

@@ -205,3 +205,83 @@ def test_default_run_compares_tessera_and_kueue() -> None:
     for run in runs.values():
         assert run["metrics"]["workloads"] == len(run["workloads"]) >= 400
         assert run["metrics"]["admitted"] > 0
+
+
+RECLAIM_QUEUES = """
+apiVersion: tessera.dev/v1alpha1
+kind: ResourceFlavor
+metadata: {name: gpu}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: WorkloadPriorityClass
+metadata: {name: high}
+value: 100
+---
+apiVersion: tessera.dev/v1alpha1
+kind: ClusterQueue
+metadata: {name: prod}
+spec:
+  cohort: all
+  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: prod}}
+  preemption: {reclaimWithinCohort: Any, withinClusterQueue: LowerPriority}
+  resourceGroups:
+  - coveredResources: [cpu, memory, nvidia.com/gpu]
+    flavors:
+    - name: gpu
+      resources:
+      - {name: cpu, nominalQuota: 128}
+      - {name: memory, nominalQuota: 1Ti}
+      - {name: nvidia.com/gpu, nominalQuota: 8}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: ClusterQueue
+metadata: {name: research}
+spec:
+  cohort: all
+  namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: research}}
+  preemption: {reclaimWithinCohort: Any, withinClusterQueue: LowerPriority}
+  resourceGroups:
+  - coveredResources: [cpu, memory, nvidia.com/gpu]
+    flavors:
+    - name: gpu
+      resources:
+      - {name: cpu, nominalQuota: 128}
+      - {name: memory, nominalQuota: 1Ti}
+      - {name: nvidia.com/gpu, nominalQuota: 8}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: LocalQueue
+metadata: {name: q, namespace: prod}
+spec: {clusterQueue: prod}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: LocalQueue
+metadata: {name: q, namespace: research}
+spec: {clusterQueue: research}
+"""
+
+
+def test_reclaimed_capacity_goes_to_the_preemptor_not_back_to_its_victim(
+        tmp_path: Path, write_yaml: Callable[..., Path]) -> None:
+    # research's high-priority 2 x 8 GPU gang borrows prod's idle quota; prod's low-priority job
+    # reclaims it (reclaimWithinCohort: Any). The victim outranks the preemptor and would fit the
+    # freed quota again: the nodes freed for the preemptor must go to it, once, instead of the
+    # victim being readmitted and preempted again in a loop (Kueue admits non-borrowing work first).
+    big = job("big", 8, 2, 0, 5000)
+    big["metadata"].update(namespace="research", labels={"tessera.dev/queue-name": "q", "tessera.dev/priority-class": "high"})
+    small = job("small", 8, 1, 100, 1000)
+    small["metadata"]["namespace"] = "prod"
+    nodes_file = tmp_path / "nodes.yaml"
+    assert runner.invoke(app, ["cluster", "generate", "--nodes", "2", "--gpus-per-node", "8", "--gpu-model", "H100",
+                               "--racks", "1", "--blocks", "1", "-o", str(nodes_file)]).exit_code == 0
+    args = ["--cluster", str(nodes_file), "--queues", str(write_yaml("queues.yaml", RECLAIM_QUEUES)),
+            "--workload", str(write_yaml("jobs.yaml", big, small))]
+    result = runner.invoke(app, ["simulate", *args, "--policy", "tessera,kueue", "--json"])
+    assert result.exit_code == 0, result.output
+    for run in json.loads(result.stdout)["results"]:
+        by_name = {w["name"]: w for w in run["workloads"]}
+        assert run["metrics"]["preemptions"] == 1, run["policy"]
+        assert by_name["job-big"]["preemptions"] == 1
+        assert by_name["job-small"]["started_at"] == 100, run["policy"]
+        # the gang restarts once the small job is done
+        assert by_name["job-big"]["started_at"] == 1100, run["policy"]
