@@ -35,6 +35,7 @@ __all__ = [
     "aging_fraction",
     "gpu_milli",
     "prepare",
+    "queue_order",
     "queue_order_key",
     "workload_usage",
 ]
@@ -139,6 +140,39 @@ class Prepared:
 def queue_order_key(pending: Pending) -> tuple[int, float, str]:
     """Kueue's order across queues: higher priority first, then earlier queue time, then key."""
     return (-pending.workload.priority, pending.queued_at, pending.key)
+
+
+def queue_order(snapshot: Snapshot) -> list[Pending]:
+    """The pending set in queue order (`queue_order_key`), with admission fair sharing applied
+    inside each ClusterQueue when the snapshot carries it.
+
+    Kueue orders a ClusterQueue's workloads by their LocalQueue's decayed usage first, then
+    priority and time. Each ClusterQueue's workloads keep the positions they have in the global
+    order, refilled in that ClusterQueue's own fair-sharing order: fair sharing reorders
+    LocalQueues within a ClusterQueue, never one ClusterQueue against another.
+    """
+    order = sorted(snapshot.pending, key=queue_order_key)
+    afs = snapshot.admission_fair_sharing
+    if afs is None:
+        return order
+    usage: dict[str, float] = {}
+
+    def share(p: Pending) -> float:
+        lq = f"{p.workload.namespace}/{p.workload.local_queue}"
+        got = usage.get(lq)
+        if got is None:
+            got = usage[lq] = afs.usage(lq, at=snapshot.now)
+        return got
+
+    slots: dict[str | None, list[int]] = {}
+    for i, p in enumerate(order):
+        slots.setdefault(snapshot.cluster_queue_of(p.workload), []).append(i)
+    out = list(order)
+    for positions in slots.values():
+        members = sorted((order[i] for i in positions), key=lambda p: (share(p), *queue_order_key(p)))
+        for i, p in zip(positions, members):
+            out[i] = p
+    return out
 
 
 def workload_usage(candidate: Candidate, choice: Sequence[tuple[int, int]]) -> dict[FlavorResource, int]:
@@ -339,7 +373,7 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
     # Pending sets repeat a few podset shapes many times (replicas of one Job template, a team's
     # usual sizes): their options are computed once per ClusterQueue and shape, and shared.
     option_memo: dict[tuple[object, ...], tuple[list[PodSetOption], list[str]]] = {}
-    for pending in sorted(snapshot.pending, key=queue_order_key):
+    for pending in queue_order(snapshot):
         wl = pending.workload
         key = pending.key
         if key in running:
