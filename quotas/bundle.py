@@ -281,7 +281,9 @@ def build_bundle(raws: Iterable[RawObject]) -> tuple[Bundle, list[Problem]]:
             try:
                 bundle.job_workloads[(key[1], key[2])] = workload_from_job(obj)
             except JobConversionError as exc:
-                own.append(Problem(where, label, exc.field, exc.message))
+                found = Problem(where, label, exc.field, exc.message)
+                if found not in own:  # check_object may have said the same (workload type)
+                    own.append(found)
             except ValidationError as exc:
                 own.extend(problems_from_validation(exc, where, label, "spec.template"))
         problems.extend(own)

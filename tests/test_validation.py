@@ -319,3 +319,14 @@ def test_null_fields_read_as_unset_and_metadata_typos_are_caught(write_yaml: Cal
 def test_hostname_must_be_the_lowest_topology_level(write_yaml: Callable[..., Path]) -> None:
     _, errors = run(write_yaml, obj("Topology", "t", {"levels": [{"nodeLabel": "kubernetes.io/hostname"}, {"nodeLabel": "rack"}]}))
     assert errors == [":1: Topology/t: spec.levels[0].nodeLabel: kubernetes.io/hostname may only be the last (lowest) level"]
+
+
+def test_a_bad_workload_type_is_reported_once(write_yaml: Callable[..., Path]) -> None:
+    job = {"apiVersion": "batch/v1", "kind": "Job",
+           "metadata": {"name": "j", "namespace": "ml",
+                        "labels": {"tessera.dev/queue-name": "q", "tessera.dev/workload-type": "serving"}},
+           "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+    _, errors = run(write_yaml, job)
+    assert [e for e in errors if "workload-type" in e] == [
+        ':1: Job/j: metadata.labels["tessera.dev/workload-type"]: must be training or inference, got "serving"'
+    ]
