@@ -68,6 +68,10 @@ COHORTS = Resource("tessera.dev", "v1alpha1", "cohorts", False, "Cohort")
 PRIORITY_CLASSES = Resource("tessera.dev", "v1alpha1", "workloadpriorityclasses", False, "WorkloadPriorityClass")
 TOPOLOGIES = Resource("tessera.dev", "v1alpha1", "topologies", False, "Topology")
 WORKLOADS = Resource("tessera.dev", "v1alpha1", "workloads", True, "Workload")
+# Integrations beyond batch/v1 Jobs (admission.integrations); the CRDs may be absent from a cluster.
+JOBSETS = Resource("jobset.x-k8s.io", "v1alpha2", "jobsets", True, "JobSet")
+PYTORCHJOBS = Resource("kubeflow.org", "v1", "pytorchjobs", True, "PyTorchJob")
+DEPLOYMENTS = Resource("apps", "v1", "deployments", True, "Deployment")
 
 TESSERA_RESOURCES = (RESOURCE_FLAVORS, CLUSTER_QUEUES, LOCAL_QUEUES, COHORTS, PRIORITY_CLASSES, TOPOLOGIES, WORKLOADS)
 WATCHED = (JOBS, PODS, NODES, *TESSERA_RESOURCES)
@@ -76,13 +80,18 @@ WATCHED = (JOBS, PODS, NODES, *TESSERA_RESOURCES)
 # every request they see is listed here; docs/operator.md and the ClusterRole derive from it.
 API_CALLS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("batch", "jobs", ("get", "list", "watch", "patch")),
-    ("", "pods", ("list", "watch")),
+    ("", "pods", ("list", "watch", "patch", "delete")),
     ("", "nodes", ("list", "watch")),
+    ("jobset.x-k8s.io", "jobsets", ("get", "list", "watch", "patch")),
+    ("kubeflow.org", "pytorchjobs", ("get", "list", "watch", "patch")),
+    ("apps", "deployments", ("list", "watch")),
     ("", "events", ("create",)),
     ("coordination.k8s.io", "leases", ("get", "create", "patch")),
     ("tessera.dev", "resourceflavors", ("list", "watch")),
     ("tessera.dev", "clusterqueues", ("list", "watch")),
+    ("tessera.dev", "clusterqueues/status", ("patch",)),
     ("tessera.dev", "localqueues", ("list", "watch")),
+    ("tessera.dev", "localqueues/status", ("patch",)),
     ("tessera.dev", "cohorts", ("list", "watch")),
     ("tessera.dev", "workloadpriorityclasses", ("list", "watch")),
     ("tessera.dev", "topologies", ("list", "watch")),

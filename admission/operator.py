@@ -29,17 +29,17 @@ from typing import Any
 
 import kopf
 
+from admission import integrations as ig
 from admission import webhooks
 from admission.endpoints import Endpoints
 from admission.events import EventRecorder
-from admission.kube import JOBS, TESSERA_RESOURCES, WATCHED, KubeApi, LoginFn, Resource, default_login
+from admission.kube import JOBS, TESSERA_RESOURCES, WATCHED, KubeApi, LoginFn, NotFound, Resource, default_login
 from admission.leader import DEFAULT_LEASE_NAME, LeaderElector, default_identity
 from admission.metrics import Metrics
 from admission.scheduling import Controller, ControllerOptions
 from admission.snapshot import objects_of
 from admission.state import ClusterState
 from quotas.api import Configuration
-from quotas.base import QUEUE_NAME_LABEL
 from quotas.problems import ManifestError, Problem
 from scheduler.decisions import Policy, make_policy
 
@@ -53,7 +53,7 @@ class OperatorConfig:
     """Everything `tessera run` takes; the defaults are a production deployment's."""
 
     namespaces: list[str] = field(default_factory=list)
-    """Namespaces to watch for Jobs, Pods, LocalQueues and Workloads; empty: all namespaces."""
+    """Namespaces to watch for Jobs (and the other queued kinds), Pods, LocalQueues and Workloads; empty: all."""
     configuration: Configuration = field(default_factory=Configuration)
     metrics_port: int = 8080
     health_port: int = 8081
@@ -73,6 +73,9 @@ class OperatorConfig:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
     period: float = 10.0
+    absent_retry: float = 30.0
+    """How often to list again an enabled integration's resource that the API server does not serve yet
+    (its CRD is not installed): once it is served, the integration starts without a restart."""
     login: LoginFn | None = None
 
 
@@ -126,7 +129,15 @@ class Operator:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.api = KubeApi(config.login or default_login)
-        self.state = ClusterState(r.plural for r in WATCHED)
+        try:
+            self.integrations = ig.enabled(config.configuration.integrations.frameworks)
+        except ValueError as exc:
+            raise ConfigError(f"--config: integrations.frameworks: {exc}") from None
+        self.watched: tuple[Resource, ...] = (*(r for r in WATCHED if r != JOBS),
+                                              *(i.resource for i in self.integrations))
+        """Every resource listed and watched: the base kinds, then each enabled integration's kind."""
+        self.state = ClusterState((r.plural for r in self.watched),
+                                  managed={i.plural: i.is_managed for i in self.integrations})
         self.metrics = Metrics()
         self.stop = asyncio.Event()
         self.kopf_ready = asyncio.Event()
@@ -138,6 +149,7 @@ class Operator:
         self.controller = Controller(
             self.api, self.state, self.policy_factory, config=config.configuration, metrics=self.metrics,
             events=self.events, is_leader=self.is_leader, options=ControllerOptions(period=config.period),
+            integrations=self.integrations,
         )
         self.registry = self.build_registry()
         self._kopf_task: asyncio.Task[None] | None = None
@@ -154,9 +166,11 @@ class Operator:
         return ok, {"kopf": kopf_alive, "loopAge": round(age, 3)}
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
-        missing = sorted(r.plural for r in WATCHED if r.plural not in self.state.synced)
+        absent = self.controller.absent
+        missing = sorted(r.plural for r in self.watched if r.plural not in self.state.synced and r.plural not in absent)
         ok = not missing and self.kopf_ready.is_set()
-        return ok, {"unsynced": missing, "kopf": self.kopf_ready.is_set(), "leader": self.is_leader()}
+        return ok, {"unsynced": missing, "absent": sorted(absent), "kopf": self.kopf_ready.is_set(),
+                    "leader": self.is_leader()}
 
     # --- kopf -----------------------------------------------------------------------------------
 
@@ -169,7 +183,9 @@ class Operator:
             return self.api.connection
 
         def watch(resource: Resource) -> None:
-            def on_event(event: dict[str, Any], **_: Any) -> None:
+            # async: kopf runs sync handlers in a thread pool, which would mutate the caches (and set their
+            # asyncio Event) from another thread while the controller reads them, and cost a thread hop per event.
+            async def on_event(event: dict[str, Any], **_: Any) -> None:
                 obj = event.get("object")
                 if isinstance(obj, dict):
                     state.apply(resource.plural, event.get("type"), _slim(obj))
@@ -177,12 +193,12 @@ class Operator:
             kopf.on.event(resource.group, resource.version, resource.plural, id=f"watch-{resource.plural}",
                           registry=registry)(on_event)
 
-        for resource in WATCHED:
+        for resource in self.watched:  # kopf waits (with a warning) for the kinds whose CRD is not installed
             watch(resource)
 
         if self.config.webhook_port:
             webhooks.register(registry, lambda: [m for r in TESSERA_RESOURCES if r.plural != "workloads"
-                                                 for m in objects_of(self.state, r.plural)])
+                                                 for m in objects_of(self.state, r.plural)], self.integrations)
         return registry
 
     def kopf_settings(self) -> kopf.OperatorSettings:
@@ -210,29 +226,61 @@ class Operator:
     # --- initial listing --------------------------------------------------------------------------
 
     async def initial_sync(self) -> None:
-        """List every watched resource once; until then the controller does not act."""
+        """List every watched resource once; until then the controller does not act.
+
+        An enabled integration whose resource the API server does not serve (404: its CRD is not
+        installed) is marked absent, so that nothing waits for it, and listed again every
+        `absent_retry` seconds: once its CRD is installed, it is listed and starts (kopf, which
+        watches CRDs, starts its watch by itself).
+        """
         delay = 0.5
-        pending = list(WATCHED)
+        pending = list(self.watched)
+        optional = {i.plural: i for i in self.integrations}
+        reported = False
         while pending and not self.stop.is_set():
-            failed = []
+            failed, absent = [], []
             for resource in pending:
                 try:
                     items: list[dict[str, Any]] = []
-                    selector = QUEUE_NAME_LABEL if resource == JOBS else None
+                    integration = optional.get(resource.plural)
+                    selector = integration.list_selector if integration is not None else None
                     if resource.namespaced and self.config.namespaces:
                         for namespace in self.config.namespaces:
                             items += await self.api.list(resource, namespace, label_selector=selector)
                     else:
                         items = await self.api.list(resource, label_selector=selector)
                     self.state.replace_all(resource.plural, (_slim(item) for item in items))
+                    if resource.plural in self.controller.absent:
+                        self.controller.absent.discard(resource.plural)
+                        logger.info("%s is served now: integration %s started", resource.plural,
+                                    optional[resource.plural].framework)
+                except NotFound as exc:
+                    if resource.plural not in optional:
+                        logger.warning("listing %s failed: %s", resource.plural, exc)
+                        failed.append(resource)
+                        continue
+                    if resource.plural not in self.controller.absent:
+                        logger.warning("%s (%s) is not served by the API server (is its CRD installed?): integration "
+                                       "%s waits for it", resource.plural, resource.api_version,
+                                       optional[resource.plural].framework)
+                        self.controller.absent.add(resource.plural)
+                        self.state.changed.set()
+                    absent.append(resource)
                 except Exception as exc:  # retried: the API server may not be reachable yet
                     logger.warning("listing %s failed: %s", resource.plural, exc)
                     failed.append(resource)
-            pending = failed
-            if pending:
+            if not failed and not reported:
+                reported = True
+                logger.info("caches synced: %s", ", ".join(sorted(self.state.synced)))
+            pending = failed + absent
+            if failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        logger.info("caches synced: %s", ", ".join(sorted(self.state.synced)))
+            elif absent:
+                try:
+                    await asyncio.wait_for(self.stop.wait(), timeout=self.config.absent_retry)
+                except asyncio.TimeoutError:
+                    pass
 
     # --- running ----------------------------------------------------------------------------------
 

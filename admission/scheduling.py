@@ -3,8 +3,9 @@
 `Controller.run` wakes on every cache change and at least every `period` seconds; when this
 replica is the leader and the caches are synced it runs one `reconcile` pass:
 
-1. **Workloads.** Every managed Job gets its Workload (owner reference to the Job); the spec
-   follows the Job while it holds no quota; a Workload whose Job is gone is deleted.
+1. **Workloads.** Every queued object (a Job, a JobSet, ...: `admission.integrations`; "Job"
+   below stands for any of them) gets its Workload (owner reference to it); the spec follows
+   it while it holds no quota; a Workload whose Job is gone is deleted.
 2. **Jobs.** A finished Job finishes its Workload (`Finished`, quota released, ledger
    record). An evicted Workload's Job is suspended (template restored); once its pods are
    gone the quota is released and the Workload requeued. An admitted Workload's Job runs with
@@ -28,19 +29,23 @@ from memory; the ledger writes are idempotent (keyed by the QuotaReserved transi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from admission import integrations as ig
 from admission import jobs as jb
 from admission import workloads as wl
 from admission.events import EventRecorder
-from admission.kube import JOBS, WORKLOADS, ApiError, Conflict, KubeApi, NotFound
+from admission.integrations import Change, Integration
+from admission.kube import PODS, WORKLOADS, ApiError, Conflict, KubeApi, NotFound
 from admission.metrics import Metrics
+from admission.queue_status import QueueStatusWriter
 from admission.snapshot import Cycle, Entry, build_cycle
-from admission.state import ClusterState, Key
+from admission.state import TERMINAL_POD_PHASES, ClusterState
 from quotas.api import Configuration
 from quotas.jobs import JobConversionError
 from scheduler.decisions import Decisions, Policy
@@ -64,8 +69,13 @@ class Controller:
     def __init__(self, api: KubeApi, state: ClusterState, policy_factory: Callable[[], Policy], *,
                  config: Configuration | None = None, metrics: Metrics | None = None, ledger: Any = None,
                  events: EventRecorder | None = None, is_leader: Callable[[], bool] = lambda: True,
-                 clock: Callable[[], float] = time.time, options: ControllerOptions | None = None) -> None:
+                 clock: Callable[[], float] = time.time, options: ControllerOptions | None = None,
+                 integrations: Iterable[Integration] | None = None) -> None:
         self.api = api
+        self.integrations: list[Integration] = list(integrations) if integrations is not None else [ig.BATCH_JOB]
+        """The enabled integrations (`Configuration.integrations.frameworks`)."""
+        self.absent: set[str] = set()
+        """Plurals of enabled integrations the API server does not serve (CRD not installed): not waited for."""
         self.state = state
         self.policy_factory = policy_factory
         self.policy = policy_factory()
@@ -81,16 +91,46 @@ class Controller:
         self.passes = 0
         self._semaphore = asyncio.Semaphore(self.options.concurrency)
         self._ledgered: set[tuple[str, float]] = set()
-        self._bad_jobs: dict[Key, str] = {}
+        self._bad_jobs: dict[tuple[str, str, str], str] = {}
         self._was_leader = False
-        self.required = ("jobs", "workloads", "nodes", "pods", "resourceflavors", "clusterqueues", "localqueues",
+        self.queue_status = QueueStatusWriter(api, state, is_leader=is_leader)
+        self.required = ("workloads", "nodes", "pods", "resourceflavors", "clusterqueues", "localqueues",
                          "cohorts", "workloadpriorityclasses", "topologies")
+        """Listed before any decision, with every enabled integration's resource that the API server serves."""
 
     # --- loop ----------------------------------------------------------------------------------
 
     @property
     def synced(self) -> bool:
-        return all(plural in self.state.synced for plural in self.required)
+        return all(plural in self.state.synced for plural in self.required) and all(
+            i.plural in self.state.synced or i.plural in self.absent for i in self.integrations)
+
+    def active_integrations(self) -> list[Integration]:
+        """The enabled integrations whose objects are listed (so their Workloads can be judged)."""
+        return [i for i in self.integrations if i.plural in self.state.synced]
+
+    def pods_by_owner(self) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+        """Pods not yet Succeeded or Failed, by (integration plural, namespace, owning object's name), for the
+        integrations that read pods (`Integration.uses_pods`)."""
+        active = [i for i in self.active_integrations() if i.uses_pods]
+        out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        if not active:
+            return out
+        for (namespace, _), pod in self.state.items("pods"):
+            if (pod.get("status") or {}).get("phase") in TERMINAL_POD_PHASES:
+                continue
+            for integration in active:
+                found = integration.pod_owner(pod)
+                if found is not None:
+                    out.setdefault((integration.plural, namespace, found[0]), []).append(pod)
+        return out
+
+    def _pods_of(self, integration: Integration, obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+        if not integration.uses_pods:
+            return []
+        meta = obj.get("metadata") or {}
+        key = (integration.plural, str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        return self.pods_by_owner().get(key, [])
 
     async def run(self, stop: asyncio.Event) -> None:
         """Single-flight: one pass at a time, woken by cache changes or the period."""
@@ -163,14 +203,46 @@ class Controller:
             self.state.store("workloads", fresh)
 
     async def patch_job(self, job: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any] | None:
-        meta = job.get("metadata") or {}
+        return await self.apply_change(ig.BATCH_JOB, job, Change(patch=dict(patch)))
+
+    async def apply_change(self, integration: Integration, obj: Mapping[str, Any],
+                           change: Change) -> dict[str, Any] | None:
+        """Write a `Change` of a queued object: its merge patch, then its pods' patches and deletions.
+
+        Returns the object as written (as it was when only pods changed), or None when it is gone or
+        moved under a resourceVersion precondition (the cache is refreshed; the next pass recomputes).
+        """
+        meta = obj.get("metadata") or {}
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
-        try:
-            updated = await self.api.patch(JOBS, namespace, name, dict(patch))
-        except NotFound:
-            self.state.forget("jobs", (namespace, name))
-            return None
-        self.state.store("jobs", updated)
+        updated: dict[str, Any] | None = dict(obj)
+        if change.patch is not None:
+            try:
+                updated = await self.api.patch(integration.resource, namespace, name, change.patch)
+            except NotFound:
+                self.state.forget(integration.plural, (namespace, name))
+                return None
+            except Conflict:
+                fresh = await self.api.get(integration.resource, namespace, name)
+                if fresh is None:
+                    self.state.forget(integration.plural, (namespace, name))
+                else:
+                    self.state.store(integration.plural, fresh)
+                return None
+            self.state.store(integration.plural, updated)
+        for pod_name, pod_patch in change.pod_patches:
+            try:
+                self.state.store("pods", await self.api.patch(PODS, namespace, pod_name, pod_patch))
+            except NotFound:
+                self.state.forget("pods", (namespace, pod_name))
+            except ApiError as exc:
+                logger.warning("patching pod %s/%s of %s %s: %s", namespace, pod_name, integration.resource.kind,
+                               name, exc)
+        for pod_name in change.pod_deletions:
+            try:
+                await self.api.delete(PODS, namespace, pod_name)
+            except ApiError as exc:
+                logger.warning("deleting pod %s/%s of %s %s: %s", namespace, pod_name, integration.resource.kind,
+                               name, exc)
         return updated
 
     def _event(self, obj: Mapping[str, Any] | None, reason: str, message: str, kind: str = "Normal") -> None:
@@ -205,44 +277,52 @@ class Controller:
     # --- 1. Workloads for Jobs -----------------------------------------------------------------
 
     async def sync_workloads(self, now: float) -> None:
-        jobs = dict(self.state.items("jobs"))
-        owned: dict[Key, dict[str, Any]] = {}
+        objects: dict[tuple[str, str, str], tuple[Integration, dict[str, Any]]] = {
+            (i.plural, namespace, name): (i, obj)
+            for i in self.active_integrations() for (namespace, name), obj in self.state.items(i.plural)}
+        owned: dict[tuple[str, str, str], dict[str, Any]] = {}
         orphans: list[dict[str, Any]] = []
         for (namespace, _), workload in self.state.items("workloads"):
-            job_name = wl.job_name_of(workload)
-            job = jobs.get((namespace, job_name)) if job_name else None
-            if job is None or (wl.owner_uid(workload) and jb.uid(job) and wl.owner_uid(workload) != jb.uid(job)):
+            found = ig.owner_of(workload)
+            if found is not None and found[0].plural not in self.state.synced:
+                continue  # its kind is not watched here (integration disabled, CRD absent): not ours to judge
+            key = (found[0].plural, namespace, found[1]) if found else None
+            owner = objects.get(key) if key else None
+            if owner is None or (found and found[2] and jb.uid(owner[1]) and found[2] != jb.uid(owner[1])):
                 orphans.append(workload)
-            else:
-                owned[(namespace, job_name or "")] = workload
+            elif key is not None:
+                owned[key] = workload
         calls = []
-        for key, job in jobs.items():
+        pods = self.pods_by_owner()
+        for key, (integration, job) in objects.items():
             workload = owned.get(key)
-            if workload is None and jb.finished(job) is not None:
+            if workload is None and integration.finished(job) is not None:
                 continue  # finished before it was ever queued
             try:
-                desired = self.state.parsed("jobs", key, _desired_workload)
+                desired = self.state.parsed(integration.plural, key[1:], functools.partial(_desired_workload,
+                                                                                           integration=integration))
             except KeyError:
                 continue
             if isinstance(desired, JobConversionError):
                 self._report_bad_job(job, desired)
                 continue
             if workload is None:
-                if self.state.get("workloads", key[0], desired["metadata"]["name"]) is None:
-                    calls.append(self._create_workload(key[0], desired, job))
-            elif (not wl.holds_quota(workload) and not wl.is_finished(workload) and jb.saved_original(job) is None
-                  and wl.spec_differs(workload, desired)):
+                if self.state.get("workloads", key[1], desired["metadata"]["name"]) is None:
+                    calls.append(self._create_workload(key[1], desired, job))
+            elif (not wl.holds_quota(workload) and not wl.is_finished(workload)
+                  and not integration.is_started(job, pods.get(key, [])) and wl.spec_differs(workload, desired)):
                 calls.append(self._update_workload_spec(workload, desired))
         for workload in orphans:
             calls.append(self._delete_orphan(workload, now))
         await self._bounded(calls)
 
     def _report_bad_job(self, job: Mapping[str, Any], error: JobConversionError) -> None:
-        key = (str(job["metadata"].get("namespace", "")), str(job["metadata"].get("name", "")))
+        kind = str(job.get("kind") or "Job")
+        key = (kind, str(job["metadata"].get("namespace", "")), str(job["metadata"].get("name", "")))
         text = f"{error.field}: {error.message}"
         if self._bad_jobs.get(key) != text:
             self._bad_jobs[key] = text
-            logger.warning("Job %s/%s cannot be queued: %s", key[0], key[1], text)
+            logger.warning("%s %s/%s cannot be queued: %s", kind, key[1], key[2], text)
             self._event(job, "InvalidJob", f"cannot be queued: {text}", "Warning")
 
     async def _create_workload(self, namespace: str, desired: dict[str, Any], job: Mapping[str, Any]) -> None:
@@ -281,33 +361,37 @@ class Controller:
     async def sync_jobs(self, now: float) -> None:
         stamp = wl.now_rfc3339(now)
         pods_ready = self.config.wait_for_pods_ready
+        active = {i.plural for i in self.active_integrations()}
+        pods_by_owner = self.pods_by_owner()
         for (namespace, name), workload in self.state.items("workloads"):
-            job_name = wl.job_name_of(workload)
-            job = self.state.get("jobs", namespace, job_name) if job_name else None
+            found = ig.owner_of(workload)
+            if found is None or found[0].plural not in active:
+                continue
+            integration, job_name = found[0], found[1]
+            job = self.state.get(integration.plural, namespace, job_name)
             if job is None or wl.is_finished(workload):
                 continue
             key = f"{namespace}/{name}"
-            done = jb.finished(job)
+            pods = pods_by_owner.get((integration.plural, namespace, job_name), [])
+            done = integration.finished(job)
             if done is not None:
                 await self._finish(key, workload, job, done, stamp, now)
                 continue
             if wl.is_evicting(workload):
-                if not jb.is_suspended(job):
-                    await self.patch_job(job, jb.suspend_patch(job))
-                elif jb.active_pods(job) == 0:
+                if not integration.is_held(job, pods):
+                    await self.apply_change(integration, job, integration.hold(job, pods))
+                elif integration.active_pods(job, pods) == 0:
                     await self._release(key, workload, job, stamp, now)
                 continue
             if wl.holds_quota(workload):
                 await self._ledger_admission(key, workload)
-                if not jb.is_suspended(job) and jb.saved_original(job) is None:
-                    await self.patch_job(job, jb.suspend_patch(job))  # started outside Tessera: hold it first
-                elif jb.is_suspended(job) or jb.saved_original(job) is None:
-                    await self._start_job(workload, job)
+                if await self._start_job(workload, job, integration, pods):
+                    pass  # held (started outside Tessera), started, or repaired: not yet running as admitted
                 elif pods_ready.enable and not wl.is_true(workload, "PodsReady"):
-                    await self._check_pods_ready(key, workload, job, stamp, now)
+                    await self._check_pods_ready(key, workload, job, stamp, now, integration, pods)
                 continue
-            if not jb.is_suspended(job):
-                await self.patch_job(job, jb.suspend_patch(job))
+            if not integration.is_held(job, pods):
+                await self.apply_change(integration, job, integration.hold(job, pods))
 
     async def _finish(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any], done: tuple[str, str],
                       stamp: str, now: float) -> None:
@@ -319,6 +403,8 @@ class Controller:
         if held:
             await self._ledger_admission(key, workload)
             await self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason="Finished")
+        cq = str(((workload.get("status") or {}).get("admission") or {}).get("clusterQueue") or "")
+        logger.info("Workload %s finished (%s)", key, reason, extra=_fields(key, job, cq, reason=reason))
         self._event(updated, "Finished", message)
 
     async def _release(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any], stamp: str,
@@ -351,18 +437,24 @@ class Controller:
             except ApiError as exc:
                 logger.warning("deactivating %s: %s", key, exc)
 
-    async def _start_job(self, workload: Mapping[str, Any], job: Mapping[str, Any]) -> None:
+    async def _start_job(self, workload: Mapping[str, Any], job: Mapping[str, Any],
+                         integration: Integration = ig.BATCH_JOB, pods: Sequence[Mapping[str, Any]] = ()) -> bool:
+        """Make an admitted Workload's object run as admitted (`Integration.admitted_change`);
+        False when it already does."""
         admission = workload["status"]["admission"]
         placements = wl.placements_of(admission)
         if not placements:
-            return
+            return True
         cycle_flavors, cycle_topologies = self._flavors_and_topologies()
-        placement = placements[0]
-        topology = wl.topology_of(placement, cycle_flavors, cycle_topologies)
-        updated = await self.patch_job(job, jb.admission_patch(job, placement, cycle_flavors, topology))
-        if updated is not None:
+        change = integration.admitted_change(job, pods, placements, cycle_flavors, cycle_topologies)
+        if change is None:
+            return False
+        updated = await self.apply_change(integration, job, change)
+        if updated is not None and change.starts:
+            flavors = placements[0].flavors if len(placements) == 1 else {p.name: p.flavors for p in placements}
             self._event(updated, "Started", f"Admitted by ClusterQueue {admission.get('clusterQueue')}: "
-                                            f"flavors {placement.flavors}")
+                                            f"flavors {flavors}")
+        return True
 
     def _flavors_and_topologies(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from admission.snapshot import objects_of
@@ -371,11 +463,10 @@ class Controller:
                 {t.name: t for t in objects_of(self.state, "topologies")})
 
     async def _check_pods_ready(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any], stamp: str,
-                                now: float) -> None:
+                                now: float, integration: Integration = ig.BATCH_JOB,
+                                pods: Sequence[Mapping[str, Any]] = ()) -> None:
         placements = wl.placements_of(workload["status"]["admission"])
-        expected = placements[0].count if placements else 1
-        status = job.get("status") or {}
-        if jb.ready_pods(job) + int(status.get("succeeded") or 0) >= expected:
+        if integration.pods_ready(job, pods, placements):
             conditions = wl.set_condition(wl.conditions_of(workload), "PodsReady", True, "PodsReady",
                                           "All pods reached readiness", stamp)
             await self.write_status(workload, {**(workload.get("status") or {}), "conditions": conditions})
@@ -384,20 +475,25 @@ class Controller:
         if now - wl.reserved_at(workload) < timeout:
             return
         message = f"Exceeded the PodsReady timeout of {timeout:g}s"
-        await self._evict(key, workload, job, wl.EVICTED_BY_PODS_READY_TIMEOUT, message, stamp, None)
+        await self._evict(key, workload, job, wl.EVICTED_BY_PODS_READY_TIMEOUT, message, stamp, None, integration)
 
     async def _evict(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any] | None, reason: str,
-                     message: str, stamp: str, preemption_reason: str | None) -> bool:
+                     message: str, stamp: str, preemption_reason: str | None,
+                     integration: Integration | None = None) -> bool:
         updated = await self.write_status(workload, wl.evicting_status(workload, reason, message, stamp,
                                                                        preemption_reason))
         if updated is None:
             return False
         cq = str(((workload.get("status") or {}).get("admission") or {}).get("clusterQueue") or "")
         self.metrics.observe_eviction(cq, reason, preemption_reason)
+        logger.info("Workload %s %s: %s", key, "preempted" if preemption_reason else "evicted", message,
+                    extra=_fields(key, job, cq, reason=preemption_reason or reason, eviction_reason=reason))
         self._event(updated, "Preempted" if preemption_reason else "Evicted", message, "Warning")
+        found = ig.owner_of(workload)
+        integration = integration or (found[0] if found else ig.BATCH_JOB)
         if job is not None:
-            suspended = await self.patch_job(job, jb.suspend_patch(job))
-            self._event(suspended, "Suspended", f"Suspended: {message}")
+            held = await self.apply_change(integration, job, integration.hold(job, self._pods_of(integration, job)))
+            self._event(held, integration.hold_event, f"{integration.hold_event}: {message}")
         return True
 
     # --- 3. Scheduling cycles ---------------------------------------------------------------------
@@ -405,8 +501,10 @@ class Controller:
     async def schedule(self, now: float) -> Decisions | None:
         last: Decisions | None = None
         cycle: Cycle | None = None
+        stale = False  # whether admissions or preemptions were applied after the last snapshot was built
         for _ in range(self.options.max_cycles):
             cycle = build_cycle(self.state, self.clock(), self.config)
+            stale = False
             if not cycle.snapshot.pending:
                 break
             started = time.perf_counter()
@@ -416,11 +514,19 @@ class Controller:
             self.metrics.observe_decisions(decisions)
             last = decisions
             changed = await self.apply(cycle, decisions, self.clock())
+            stale = changed
             if not changed and not decisions.again:
                 break
-        if cycle is not None:
-            self.metrics.observe_cycle(build_cycle(self.state, self.clock(), self.config).snapshot
-                                       if last is not None else cycle.snapshot)
+            if changed and not decisions.preemptions and all(
+                    wl.holds_quota(self.state.get("workloads", *_split(p.key)) or {}) for p in cycle.snapshot.pending):
+                break  # every pending workload was admitted: the next cycle would find none pending
+        # After admissions or preemptions the gauges and queue statuses are left to the next pass (which this
+        # pass's own writes trigger, and whose snapshot is built anyway), unless they are a second old.
+        if cycle is not None and stale and self.queue_status.due():
+            cycle, stale = build_cycle(self.state, self.clock(), self.config), False
+        if cycle is not None and not stale:  # (pending reasons written since change no count)
+            self.metrics.observe_cycle(cycle.snapshot)
+            self.queue_status.publish_soon(cycle.snapshot, wl.now_rfc3339(self.clock()))
         return last
 
     async def apply(self, cycle: Cycle, decisions: Decisions, now: float) -> bool:
@@ -431,20 +537,28 @@ class Controller:
             if not self.is_leader():
                 return changed  # lost the Lease mid-pass: the new leader decides from here
             entry = cycle.entries.get(preemption.key)
-            if entry is None or not wl.holds_quota(entry.workload) or wl.is_evicting(entry.workload):
-                continue
+            if entry is None or entry.job is None or not wl.holds_quota(entry.workload) \
+                    or wl.is_evicting(entry.workload):
+                continue  # (no object: its kind is not watched here, nothing could be stopped)
             message = preemption.message or f"Preempted to accommodate {preemption.preemptor} ({preemption.reason})"
             if await self._evict(preemption.key, entry.workload, entry.job, wl.EVICTED_BY_PREEMPTION, message, stamp,
                                  str(preemption.reason)):
                 changed = True
-        for admission in decisions.admissions:
-            if not self.is_leader():
-                return changed
-            entry = cycle.entries.get(admission.key)
-            if entry is None or entry.info is None or entry.job is None or wl.holds_quota(entry.workload):
-                continue
-            if await self._admit(cycle, entry, admission, stamp, now):
-                changed = True
+        admitted: list[bool] = []
+
+        async def admit(entry: Entry, admission: Any) -> None:
+            if self.is_leader():  # lost the Lease mid-pass: the new leader decides from here
+                admitted.append(await self._admit(cycle, entry, admission, stamp, now))
+
+        # Admissions are independent writes (each under its Workload's resourceVersion): done in parallel, so
+        # that a cycle admitting many workloads costs a few round trips, not two per workload.
+        todo = [(cycle.entries.get(a.key), a) for a in decisions.admissions]
+        await self._bounded(admit(entry, a) for entry, a in todo
+                            if entry is not None and entry.info is not None and entry.job is not None
+                            and not wl.holds_quota(entry.workload))
+        changed = changed or any(admitted)
+        if not self.is_leader():
+            return changed
         updates = []
         for key, reason in decisions.pending.items():
             entry = cycle.entries.get(key)
@@ -465,24 +579,33 @@ class Controller:
             return False
         queued = next((p.queued_at for p in cycle.snapshot.pending if p.key == entry.key), now)
         self.metrics.observe_admission(admission.cluster_queue, now - queued)
+        logger.info("Workload %s admitted in ClusterQueue %s", entry.key, admission.cluster_queue,
+                    extra=_fields(entry.key, entry.job, admission.cluster_queue, reason="QuotaReserved",
+                                  flavors=dict(admission.podsets[0].flavors) if admission.podsets else {},
+                                  waited_seconds=round(max(now - queued, 0.0), 3)))
         self._event(updated, "QuotaReserved", f"Quota reserved in ClusterQueue {admission.cluster_queue}")
-        await self._ledger_admission(entry.key, updated, entry.info)
-        placement = admission.podsets[0]
-        topology = wl.topology_of(placement, cycle.flavors, cycle.topologies)
-        job = self.state.get("jobs", *_split_job(entry)) or entry.job
-        started = await self.patch_job(job, jb.admission_patch(job, placement, cycle.flavors, topology))
-        if started is not None:
+        integration = entry.integration or ig.BATCH_JOB
+        job = self.state.get(integration.plural, *_split_job(entry)) or entry.job
+        change = integration.release(job, self._pods_of(integration, job), list(admission.podsets), cycle.flavors,
+                                     cycle.topologies)
+        started = await self.apply_change(integration, job, change) if change else None
+        if started is not None and change.starts:
             self._event(started, "Started", f"Admitted by ClusterQueue {admission.cluster_queue}")
+        # After the start, off the Job's path (a SQLite commit can wait for the database lock); idempotent, and
+        # redone by the next pass's sync_jobs if the process dies before it.
+        await self._ledger_admission(entry.key, updated, entry.info)
         return True
 
 
-def _desired_workload(job: Mapping[str, Any]) -> dict[str, Any] | JobConversionError:
+def _desired_workload(job: Mapping[str, Any],
+                      integration: Integration = ig.BATCH_JOB) -> dict[str, Any] | JobConversionError:
     try:
-        return wl.workload_manifest(job)
+        return integration.workload_manifest(job)
     except JobConversionError as exc:
         return exc
     except ValueError as exc:  # pydantic ValidationError of the pod template
-        return JobConversionError("spec.template", str(exc).splitlines()[0])
+        return JobConversionError("spec.template" if integration is ig.BATCH_JOB else "spec",
+                                  str(exc).splitlines()[0])
 
 
 def _info_of(workload: Mapping[str, Any]) -> Any:
@@ -492,6 +615,13 @@ def _info_of(workload: Mapping[str, Any]) -> Any:
     return info if not hasattr(info, "reason") else None
 
 
+def _fields(key: str, job: Mapping[str, Any] | None, cluster_queue: str, **more: Any) -> dict[str, Any]:
+    """Structured log fields (`extra=`) of a Workload's log line: see admission/logs.py."""
+    namespace, _, name = key.partition("/")
+    job_name = str(((job or {}).get("metadata") or {}).get("name") or "") or None
+    return {"workload": name, "namespace": namespace, "job": job_name, "cluster_queue": cluster_queue or None, **more}
+
+
 def _split(key: str) -> tuple[str, str]:
     namespace, _, name = key.partition("/")
     return namespace, name
@@ -499,4 +629,4 @@ def _split(key: str) -> tuple[str, str]:
 
 def _split_job(entry: Entry) -> tuple[str, str]:
     namespace, _ = _split(entry.key)
-    return namespace, wl.job_name_of(entry.workload) or ""
+    return namespace, entry.owner or wl.job_name_of(entry.workload) or ""

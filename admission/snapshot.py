@@ -6,10 +6,14 @@
   finished) bound to its node, Tessera's and everyone else's: their requests occupy
   capacity;
 * a Workload holding quota (`QuotaReserved` with `status.admission`) is `Admitted`, charging
-  what its admission record says, with its pods' nodes; one that is being evicted stays
-  admitted with ``evicted=True`` until its Job's pods are gone (as in Kueue);
-* every other active, unfinished Workload whose Job exists is `Pending`, queued since its
-  creation or its last requeue, not before its requeue backoff.
+  what its admission record says, with its pods' nodes per podset (`Integration.pod_owner`);
+  one that is being evicted stays admitted with ``evicted=True`` until its Job's pods are gone
+  (as in Kueue);
+* every other active, unfinished Workload whose owner (a Job, a JobSet, ... see
+  `admission.integrations`) exists is `Pending`, queued since its creation or its last
+  requeue, not before its requeue backoff;
+* a Workload whose owner's kind this operator does not watch (its integration is disabled, or
+  its CRD not installed) is never pending, but keeps charging the quota it holds: its pods run.
 
 Pure with respect to the API: reads only the `ClusterState`.
 """
@@ -23,8 +27,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from admission import integrations
 from admission import workloads as wl
-from admission.state import ClusterState, Key, job_of_pod, pod_is_live
+from admission.integrations import Integration
+from admission.state import ClusterState, Key, pod_is_live
 from quotas.api import (
     ClusterQueue,
     Cohort,
@@ -56,12 +62,15 @@ KIND_OF_PLURAL = {
 
 @dataclass
 class Entry:
-    """One Workload of the cycle with its Job (None once the Job is gone)."""
+    """One Workload of the cycle with the object it queues, its Job (None once it is gone or not watched)."""
 
     key: str
     workload: dict[str, Any]
     job: dict[str, Any] | None
     info: WorkloadInfo | None = None
+    integration: Integration | None = None
+    owner: str | None = None
+    """The name of the owning object (in the Workload's namespace)."""
 
 
 @dataclass
@@ -152,17 +161,19 @@ def build_cycle(state: ClusterState, now: float, config: Configuration | None = 
     entries: dict[str, Entry] = {}
     skipped: dict[str, str] = {}
     admitted_raw: dict[str, tuple[Entry, dict[str, Any]]] = {}
-    by_job: dict[Key, str] = {}
+    by_owner: dict[tuple[str, str, str], str] = {}
     pending: list[Pending] = []
     for (namespace, name), raw in state.items("workloads"):
         key = f"{namespace}/{name}"
-        job_name = wl.job_name_of(raw)
-        job = state.get("jobs", namespace, job_name) if job_name else None
-        entry = Entry(key=key, workload=raw, job=job)
+        found = integrations.owner_of(raw)
+        integration, owner = (found[0], found[1]) if found else (None, None)
+        job = state.get(integration.plural, namespace, owner) if integration and owner else None
+        entry = Entry(key=key, workload=raw, job=job, integration=integration, owner=owner)
         entries[key] = entry
-        if job_name:
-            by_job[(namespace, job_name)] = key
-        if wl.is_finished(raw) or job is None:
+        if integration and owner:
+            by_owner[(integration.plural, namespace, owner)] = key
+        unwatched = integration is not None and integration.plural not in state.synced
+        if wl.is_finished(raw) or (job is None and not (unwatched and wl.holds_quota(raw))):
             continue
         info = state.parsed("workloads", (namespace, name), _parse_workload)
         if isinstance(info, _Unparsable):
@@ -180,7 +191,7 @@ def build_cycle(state: ClusterState, now: float, config: Configuration | None = 
                                    not_before=not_before))
 
     # Live pods occupy their nodes; those of admitted workloads are remembered as their bindings.
-    bound: dict[str, list[Binding]] = {}
+    bound: dict[str, list[tuple[str, Binding]]] = {}
     for (namespace, pod_name), pod in state.items("pods"):
         if not pod_is_live(pod):
             continue
@@ -195,18 +206,24 @@ def build_cycle(state: ClusterState, now: float, config: Configuration | None = 
         except ValueError as exc:
             logger.debug("pod %s/%s does not fit its node in the model: %s", namespace, pod_name, exc)
             continue
-        job = job_of_pod(pod)
-        owner = by_job.get((namespace, job)) if job else None
-        if owner is not None and owner in admitted_raw:
-            bound.setdefault(owner, []).append(binding)
+        for integration in integrations.ALL:
+            found = integration.pod_owner(pod)
+            owner = by_owner.get((integration.plural, namespace, found[0])) if found else None
+            if found is not None and owner is not None and owner in admitted_raw:
+                bound.setdefault(owner, []).append((found[1], binding))
+                break
 
     admitted: list[Admitted] = []
     for key, (entry, admission) in admitted_raw.items():
         assert entry.info is not None
-        bindings = bound.get(key, [])
+        owned = bound.get(key, [])
+        bindings = [b for _, b in owned]
         placements = wl.placements_of(admission)
-        if placements:  # Jobs have one podset: every pod of the Job belongs to it
+        if len(placements) == 1:  # one podset (a Job): every pod of the object belongs to it
             placements[0] = replace(placements[0], nodes=tuple(b.node for b in bindings))
+        else:
+            placements = [replace(p, nodes=tuple(b.node for podset, b in owned if podset == p.name))
+                          for p in placements]
         admitted.append(Admitted(
             workload=replace(entry.info, cluster_queue=str(admission.get("clusterQueue") or "")),
             cluster_queue=str(admission.get("clusterQueue") or ""),

@@ -1,7 +1,8 @@
 """The operator's in-memory view of the cluster, kept from watch events and the operator's own writes.
 
 One `ClusterState` holds the raw objects (plain dicts, as the API server sent them) of every
-watched resource: managed Jobs, Workloads, Nodes, Pods and the tessera.dev kinds. kopf's
+watched resource: managed Jobs (and the other queued kinds: JobSets, ...), Workloads, Nodes,
+Pods and the tessera.dev kinds. kopf's
 event handlers feed it; so does every successful write of the operator (the object the API
 server returned), so that the next scheduling cycle sees its own admissions at once instead
 of waiting for the watch, and a late watch event never rolls an object back to an older
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable, TypeVar
 
 from quotas.base import QUEUE_NAME_LABEL
@@ -49,15 +50,30 @@ def is_older(new_rv: str, old_rv: str) -> bool:
     return False
 
 
+# Jobs controlled by these kinds are queued through their parent (admission.integrations), never on their own.
+PARENT_API_GROUPS = ("jobset.x-k8s.io",)
+
+
 def is_managed_job(job: dict[str, Any]) -> bool:
-    return bool(((job.get("metadata") or {}).get("labels") or {}).get(QUEUE_NAME_LABEL))
+    meta = job.get("metadata") or {}
+    if not (meta.get("labels") or {}).get(QUEUE_NAME_LABEL):
+        return False
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("controller") and str(owner.get("apiVersion", "")).partition("/")[0] in PARENT_API_GROUPS:
+            return False
+    return True
 
 
 class ClusterState:
     """Raw objects by resource plural and (namespace, name); `changed` wakes the scheduling loop."""
 
-    def __init__(self, resources: Iterable[str]) -> None:
+    def __init__(self, resources: Iterable[str],
+                 managed: Mapping[str, Callable[[dict[str, Any]], bool]] | None = None) -> None:
         self.objects: dict[str, dict[Key, dict[str, Any]]] = {plural: {} for plural in resources}
+        self.managed: dict[str, Callable[[dict[str, Any]], bool]] = \
+            dict(managed) if managed is not None else {"jobs": is_managed_job}
+        """Per queued kind, which objects are Tessera's; the others are not kept (one that stops being
+        Tessera's is dropped as if deleted)."""
         self.synced: set[str] = set()
         self.revision = 0
         """Bumped on every change; the loop compares it to know whether anything happened."""
@@ -72,7 +88,8 @@ class ClusterState:
         key = key_of(obj)
         if not key[1]:
             return False
-        if plural == "jobs" and not is_managed_job(obj):
+        accept = self.managed.get(plural)
+        if accept is not None and not accept(obj):
             event_type = "DELETED" if key in store else None
             if event_type is None:
                 return False

@@ -47,6 +47,13 @@ CORE_RESOURCES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "coordination.k8s.io/v1/leases": ("Lease", True, ("get", "create", "patch", "list", "watch")),
     "apiextensions.k8s.io/v1/customresourcedefinitions": ("CustomResourceDefinition", False, ("list", "watch", "get")),
 }
+# The kinds of the integrations beyond Jobs (`admission.integrations`); `EmulatedCluster(without=...)` leaves
+# some out, as a cluster without their CRDs.
+INTEGRATION_RESOURCES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
+    "jobset.x-k8s.io/v1alpha2/jobsets": ("JobSet", True, ("list", "watch", "get", "create", "patch", "delete")),
+    "kubeflow.org/v1/pytorchjobs": ("PyTorchJob", True, ("list", "watch", "get", "create", "patch", "delete")),
+    "apps/v1/deployments": ("Deployment", True, ("list", "watch", "get", "create", "patch", "delete")),
+}
 TESSERA_RESOURCES: dict[str, tuple[str, bool]] = {
     "resourceflavors": ("ResourceFlavor", False),
     "clusterqueues": ("ClusterQueue", False),
@@ -84,10 +91,13 @@ class StrictEmulator(kmock.KubernetesEmulator):
     kmock scans it on every request to match reactions, which made a long run quadratic)."""
     _inflight: set[int] = attrs.field(factory=set, init=False)
 
-    def declare(self) -> None:
-        """Declare every resource the operator uses, so discovery and kopf's scanning find them."""
-        for key, (kind, namespaced, verbs) in CORE_RESOURCES.items():
-            subresources = {"status"} if kind in ("Job", "Pod", "Node") else set()
+    def declare(self, without: tuple[str, ...] = ()) -> None:
+        """Declare every resource the operator uses, so discovery and kopf's scanning find them
+        (except the integration resources whose plural is in `without`)."""
+        integration = {k: v for k, v in INTEGRATION_RESOURCES.items() if k.rsplit("/", 1)[-1] not in without}
+        for key, (kind, namespaced, verbs) in {**CORE_RESOURCES, **integration}.items():
+            subresources = {"status"} if kind in ("Job", "Pod", "Node", *(v[0] for v in integration.values())) \
+                else set()
             self.resources[key] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=set(verbs),
                                                      subresources=subresources)
         for plural, (kind, namespaced) in TESSERA_RESOURCES.items():
@@ -184,7 +194,9 @@ def _now() -> str:
 class EmulatedCluster:
     """A `StrictEmulator` served over HTTP from a background thread: `with EmulatedCluster() as cluster:`."""
 
-    def __init__(self) -> None:
+    def __init__(self, without: tuple[str, ...] = ()) -> None:
+        self.without = without
+        """Integration resources (plurals) the emulated API server does not serve."""
         self.emulator: StrictEmulator | None = None
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,7 +224,7 @@ class EmulatedCluster:
         self._stop = asyncio.Event()
         try:
             async with StrictEmulator() as emulator, kmock.Server(emulator) as server:
-                emulator.declare()
+                emulator.declare(self.without)
                 self.emulator = emulator
                 self._ready.set_result(str(server.url).rstrip("/"))
                 await self._stop.wait()
@@ -352,3 +364,92 @@ def pod(namespace: str, name: str, node_name: str | None, gpus: int = 1, job_nam
     if node_name:
         spec["nodeName"] = node_name
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": {"phase": phase}}
+
+
+# --- the other integrations (admission.integrations) --------------------------------------------
+
+
+def pod_template(gpus: int = 1, node_selector: dict[str, str] | None = None,
+                 tolerations: list[dict[str, Any]] | None = None, annotations: dict[str, str] | None = None,
+                 labels: dict[str, str] | None = None, restart_policy: str | None = "Never") -> dict[str, Any]:
+    """A pod template of one container asking `gpus` GPUs."""
+    spec: dict[str, Any] = {"containers": [{"name": "main", "image": "busybox",
+                                            "resources": {"requests": {GPU: str(gpus)}, "limits": {GPU: str(gpus)}}}]}
+    if restart_policy:
+        spec["restartPolicy"] = restart_policy
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        spec["tolerations"] = list(tolerations)
+    meta: dict[str, Any] = {}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    if labels:
+        meta["labels"] = dict(labels)
+    return {"metadata": meta, "spec": spec}
+
+
+def _queue_labels(queue: str | None, priority: str | None, workload_type: str | None = None) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    if queue is not None:
+        labels["tessera.dev/queue-name"] = queue
+    if priority is not None:
+        labels["tessera.dev/priority-class"] = priority
+    if workload_type is not None:
+        labels["tessera.dev/workload-type"] = workload_type
+    return labels
+
+
+def jobset(namespace: str, name: str, queue: str | None, replicated: dict[str, tuple[int, int, int]],
+           priority: str | None = None, suspend: bool | None = True,
+           templates: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A JobSet; `replicated` maps each replicated Job's name to (replicas, pods per Job, GPUs per pod)."""
+    rjobs = []
+    for rj_name, (replicas, pods, gpus) in replicated.items():
+        template = (templates or {}).get(rj_name) or pod_template(gpus)
+        rjobs.append({"name": rj_name, "replicas": replicas,
+                      "template": {"spec": {"parallelism": pods, "completions": pods, "template": template}}})
+    spec: dict[str, Any] = {"replicatedJobs": rjobs}
+    if suspend is not None:
+        spec["suspend"] = suspend
+    return {"apiVersion": "jobset.x-k8s.io/v1alpha2", "kind": "JobSet",
+            "metadata": {"name": name, "namespace": namespace, "labels": _queue_labels(queue, priority)},
+            "spec": spec}
+
+
+def pytorchjob(namespace: str, name: str, queue: str | None, replicas: dict[str, tuple[int, int]],
+               priority: str | None = None, suspend: bool | None = True,
+               run_policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Kubeflow PyTorchJob; `replicas` maps a replica type (Master, Worker) to (replicas, GPUs per pod)."""
+    specs = {kind: {"replicas": count, "restartPolicy": "OnFailure",
+                    "template": pod_template(gpus, restart_policy=None)}
+             for kind, (count, gpus) in replicas.items()}
+    policy: dict[str, Any] = dict(run_policy or {})
+    if suspend is not None:
+        policy["suspend"] = suspend
+    return {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+            "metadata": {"name": name, "namespace": namespace, "labels": _queue_labels(queue, priority)},
+            "spec": {"runPolicy": policy, "pytorchReplicaSpecs": specs}}
+
+
+def deployment(namespace: str, name: str, queue: str | None, replicas: int = 1, gpus: int = 1,
+               priority: str | None = None, workload_type: str | None = "inference") -> dict[str, Any]:
+    """An inference Deployment of `replicas` pods asking `gpus` GPUs each."""
+    template = pod_template(gpus, labels={"app": name}, restart_policy="Always")
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": _queue_labels(queue, priority, workload_type if queue else None)},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": template}}
+
+
+def replica_pod(deployment_obj: dict[str, Any], index: int, template_hash: str = "5d8f7c9b4") -> dict[str, Any]:
+    """A pod as the Deployment's ReplicaSet `<name>-<hash>` creates it from the pod template (no node yet)."""
+    meta = deployment_obj["metadata"]
+    template = deployment_obj["spec"]["template"]
+    labels = {**(template.get("metadata") or {}).get("labels", {}), "pod-template-hash": template_hash}
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{meta['name']}-{template_hash}-{index}", "namespace": meta["namespace"],
+                         "labels": labels,
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "controller": True,
+                                              "name": f"{meta['name']}-{template_hash}", "uid": "rs-uid"}]},
+            "spec": dict(template["spec"]), "status": {"phase": "Pending"}}

@@ -1,7 +1,10 @@
 """Admission webhooks: hold new queued Jobs, refuse invalid tessera.dev objects, refuse malformed reviews cleanly.
 
 * Mutating, on Job CREATE: a Job carrying `tessera.dev/queue-name` gets `spec.suspend: true`,
-  so it starts only when the operator admits it (`job_mutation`).
+  so it starts only when the operator admits it (`job_mutation`). Every other integration
+  (`admission.integrations`) has its own path, scoped to its kind: `/mutate-jobset` and
+  `/mutate-pytorchjob` suspend, `/mutate-deployment` copies the queue labels into the pod
+  template and `/mutate-pod` gates the pods of queued inference Deployments.
 * Validating, on CREATE and UPDATE of every tessera.dev kind: the object is parsed and
   checked with the foundation's `quotas.bundle.parse_object` and
   `quotas.validation.check_object`, so an admin sees the same `Kind/name: field: message`
@@ -26,6 +29,9 @@ import aiohttp.web
 import kopf
 from pydantic import BaseModel
 
+from admission import integrations as ig
+from admission.integrations import Integration
+from admission.integrations.deployment import DeploymentIntegration, pod_mutation
 from quotas.base import API_GROUP, GROUP_VERSION, QUEUE_NAME_LABEL
 from quotas.bundle import build_bundle, object_key, parse_object, without_nulls
 from quotas.loader import RawObject, Source
@@ -47,13 +53,10 @@ WEBHOOK_SOURCE = Source("admission", 0)
 
 
 def job_mutation(job: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The spec fields to set on a new Job: `{"suspend": True}` for a queued Job not yet suspended, else None."""
-    labels = (job.get("metadata") or {}).get("labels") or {}
-    if not labels.get(QUEUE_NAME_LABEL):
-        return None
-    if (job.get("spec") or {}).get("suspend") is True:
-        return None
-    return {"suspend": True}
+    """The spec fields to set on a new Job: `{"suspend": True}` for a queued Job not yet suspended, else None
+    (also for a Job of a JobSet: the JobSet is queued, not its Jobs)."""
+    patch = ig.BATCH_JOB.mutation(job)
+    return dict(patch["spec"]) if patch else None
 
 
 def _problem_text(problem: Problem) -> str:
@@ -86,16 +89,30 @@ def validation_errors(obj: Mapping[str, Any], known: Iterable[BaseModel] | None 
 # --- the kopf handlers ------------------------------------------------------------------------
 
 
-def register(registry: kopf.OperatorRegistry, known: Callable[[], Iterable[BaseModel]] | None = None) -> None:
-    """Register the two admission handlers on `registry`; `known()` returns the current tessera.dev objects."""
+def register(registry: kopf.OperatorRegistry, known: Callable[[], Iterable[BaseModel]] | None = None,
+             integrations: Iterable[Integration] | None = None) -> None:
+    """Register the admission handlers on `registry`: one mutating handler per integration (default: Jobs
+    only) and the validating one; `known()` returns the current tessera.dev objects."""
 
-    @kopf.on.mutate("batch", "v1", "jobs", id=MUTATE_JOB_ID, operations=["CREATE"],
-                    labels={QUEUE_NAME_LABEL: kopf.PRESENT}, registry=registry)
-    def mutate_job(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        fields = job_mutation(body)
-        if fields:
-            for name, value in fields.items():
-                patch.spec[name] = value
+    def mutating(integration: Integration) -> None:
+        resource = integration.resource
+
+        def mutate(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+            patch.update(integration.mutation(body) or {})
+
+        kopf.on.mutate(resource.group, resource.version, resource.plural, id=integration.webhook_id,
+                       operations=list(integration.webhook_operations), labels={QUEUE_NAME_LABEL: kopf.PRESENT},
+                       registry=registry)(mutate)
+        if isinstance(integration, DeploymentIntegration):
+
+            def mutate_pod(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+                patch.update(pod_mutation(body) or {})
+
+            kopf.on.mutate("", "v1", "pods", id=integration.pod_webhook_id, operations=["CREATE"],
+                           labels={QUEUE_NAME_LABEL: kopf.PRESENT}, registry=registry)(mutate_pod)
+
+    for integration in (integrations if integrations is not None else [ig.BATCH_JOB]):
+        mutating(integration)
 
     @kopf.on.validate(API_GROUP, GROUP_VERSION.split("/")[1], kopf.EVERYTHING, id=VALIDATE_ID,
                       operations=["CREATE", "UPDATE"], registry=registry)

@@ -183,12 +183,49 @@ class QueueStatus(ApiModel):
     conditions: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class ResourceUsage(ApiModel):
+    """Quota of one resource in use: `total`, and the part above the nominal quota (`borrowed`)."""
+
+    name: ResourceName
+    total: Quantity = Decimal(0)
+    borrowed: Quantity = Decimal(0)
+
+
+class FlavorUsage(ApiModel):
+    name: ObjectName
+    resources: list[ResourceUsage] = Field(default_factory=list)
+
+
+class ClusterQueueStatus(QueueStatus):
+    """Kueue's ClusterQueueStatus: quota reserved (`flavorsReservation`) and used by admitted workloads (`flavorsUsage`)."""
+
+    flavors_reservation: list[FlavorUsage] = Field(default_factory=list)
+    flavors_usage: list[FlavorUsage] = Field(default_factory=list)
+
+
+class LocalQueueResourceUsage(ApiModel):
+    name: ResourceName
+    total: Quantity = Decimal(0)
+
+
+class LocalQueueFlavorUsage(ApiModel):
+    name: ObjectName
+    resources: list[LocalQueueResourceUsage] = Field(default_factory=list)
+
+
+class LocalQueueStatus(QueueStatus):
+    """Kueue's LocalQueueStatus: what the queue's own workloads reserve (`flavorsReservation`) and use (`flavorUsage`)."""
+
+    flavors_reservation: list[LocalQueueFlavorUsage] = Field(default_factory=list)
+    flavor_usage: list[LocalQueueFlavorUsage] = Field(default_factory=list)
+
+
 class ClusterQueue(TessObject):
     """Quota for a set of namespaces, per flavor and resource, optionally shared through a cohort."""
 
     kind: Literal["ClusterQueue"] = "ClusterQueue"
     spec: ClusterQueueSpec = Field(default_factory=ClusterQueueSpec)
-    status: QueueStatus | None = None
+    status: ClusterQueueStatus | None = None
 
 
 class CohortSpec(ApiModel):
@@ -218,7 +255,7 @@ class LocalQueue(TessObject):
 
     kind: Literal["LocalQueue"] = "LocalQueue"
     spec: LocalQueueSpec
-    status: QueueStatus | None = None
+    status: LocalQueueStatus | None = None
 
     @property
     def namespace(self) -> str:
@@ -386,6 +423,16 @@ class SolverConfig(ApiModel):
     workers: int = Field(default=2, ge=1, le=64)
 
 
+Framework = Literal["batch/job", "jobset.x-k8s.io/jobset", "kubeflow.org/pytorchjob", "deployment"]
+DEFAULT_FRAMEWORKS: tuple[Framework, ...] = ("batch/job", "jobset.x-k8s.io/jobset", "kubeflow.org/pytorchjob")
+
+
+class IntegrationsConfig(ApiModel):
+    """Which kinds the operator queues (Kueue's `integrations.frameworks`, same names)."""
+
+    frameworks: list[Framework] = Field(default_factory=lambda: list(DEFAULT_FRAMEWORKS))
+
+
 class Configuration(ApiModel):
     """Scheduler-wide settings, read by the operator from a file and by the simulator from the queues file."""
 
@@ -396,6 +443,7 @@ class Configuration(ApiModel):
     admission_fair_sharing: AdmissionFairSharingConfig | None = None
     wait_for_pods_ready: WaitForPodsReadyConfig = Field(default_factory=WaitForPodsReadyConfig)
     solver: SolverConfig = Field(default_factory=SolverConfig)
+    integrations: IntegrationsConfig = Field(default_factory=IntegrationsConfig)
 
     @property
     def name(self) -> str:

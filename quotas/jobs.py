@@ -20,7 +20,7 @@ from quotas.base import (
     REQUIRED_TOPOLOGY_ANNOTATION,
     WORKLOAD_TYPE_LABEL,
 )
-from quotas.kube import Job, PodTemplateSpec, pod_requests
+from quotas.kube import Job, ObjectMeta, PodTemplateSpec, pod_requests
 
 
 class JobConversionError(ValueError):
@@ -32,16 +32,18 @@ class JobConversionError(ValueError):
         self.message = message
 
 
-def workload_name(job_name: str) -> str:
-    """A stable, valid Workload name for a Job: `job-<name>`, shortened with a hash when too long."""
-    name = f"job-{job_name}"
+def workload_name(job_name: str, prefix: str = "job") -> str:
+    """A stable, valid Workload name for a Job (`job-<name>`; other kinds use their own prefix),
+    shortened with a hash when too long."""
+    name = f"{prefix}-{job_name}"
     if len(name) <= 253:
         return name
     digest = hashlib.sha256(job_name.encode()).hexdigest()[:10]
     return f"{name[:242]}-{digest}"
 
 
-def topology_request(template: PodTemplateSpec) -> PodSetTopologyRequest | None:
+def topology_request(template: PodTemplateSpec, path: str = "spec.template") -> PodSetTopologyRequest | None:
+    """The podset's topology request from its pod template's annotations (`path` names the template in errors)."""
     annotations = template.metadata.annotations
     required = annotations.get(REQUIRED_TOPOLOGY_ANNOTATION)
     preferred = annotations.get(PREFERRED_TOPOLOGY_ANNOTATION)
@@ -49,7 +51,7 @@ def topology_request(template: PodTemplateSpec) -> PodSetTopologyRequest | None:
         return None
     if required and preferred:
         raise JobConversionError(
-            "spec.template.metadata.annotations",
+            f"{path}.metadata.annotations",
             f"set {REQUIRED_TOPOLOGY_ANNOTATION} or {PREFERRED_TOPOLOGY_ANNOTATION}, not both",
         )
     return PodSetTopologyRequest(required=required, preferred=preferred)
@@ -72,15 +74,7 @@ def min_count(job: Job, count: int) -> int | None:
 
 def workload_from_job(job: Job) -> Workload:
     """The Workload for a Job carrying the queue label; raises JobConversionError naming the bad field."""
-    labels = job.metadata.labels
-    queue = labels.get(QUEUE_NAME_LABEL)
-    if not queue:
-        raise JobConversionError(f'metadata.labels["{QUEUE_NAME_LABEL}"]', "required for a Job managed by Tessera")
-    workload_type = labels.get(WORKLOAD_TYPE_LABEL, "training")
-    if workload_type not in ("training", "inference"):
-        raise JobConversionError(
-            f'metadata.labels["{WORKLOAD_TYPE_LABEL}"]', f'must be training or inference, got "{workload_type}"'
-        )
+    _queue_and_type(job.metadata, "Job")  # the label errors first, as before the podset is read
     count = job.spec.pod_count()
     podset = PodSet(
         name="main",
@@ -89,29 +83,49 @@ def workload_from_job(job: Job) -> Workload:
         template=job.spec.template,
         topology_request=topology_request(job.spec.template),
     )
-    meta_labels = {WORKLOAD_TYPE_LABEL: workload_type}
-    owner = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "name": job.metadata.name,
+    return build_workload(job.metadata, "batch/v1", "Job", [podset], prefix="job")
+
+
+def _queue_and_type(meta: ObjectMeta, kind: str) -> tuple[str, str]:
+    labels = meta.labels
+    queue = labels.get(QUEUE_NAME_LABEL)
+    if not queue:
+        raise JobConversionError(f'metadata.labels["{QUEUE_NAME_LABEL}"]', f"required for a {kind} managed by Tessera")
+    workload_type = labels.get(WORKLOAD_TYPE_LABEL, "training")
+    if workload_type not in ("training", "inference"):
+        raise JobConversionError(
+            f'metadata.labels["{WORKLOAD_TYPE_LABEL}"]', f'must be training or inference, got "{workload_type}"'
+        )
+    return queue, workload_type
+
+
+def build_workload(meta: ObjectMeta, api_version: str, kind: str, podsets: list[PodSet], *,
+                   prefix: str) -> Workload:
+    """The Workload of any queued object (a Job, a JobSet, ...): queue, priority class and workload type
+    from its labels, the given podsets, and an owner reference to it (with its uid, when known)."""
+    queue, workload_type = _queue_and_type(meta, kind)
+    owner: dict[str, object] = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": meta.name,
         "controller": True,
         "blockOwnerDeletion": True,
     }
-    if job.metadata.uid:
-        owner["uid"] = job.metadata.uid
+    if meta.uid:
+        owner["uid"] = meta.uid
     return Workload(
         api_version=GROUP_VERSION,
         metadata=TessMeta(
-            name=workload_name(job.metadata.name),
-            namespace=job.metadata.namespace or "default",
-            labels=meta_labels,
-            creation_timestamp=job.metadata.creation_timestamp,
+            name=workload_name(meta.name or "", prefix),
+            namespace=meta.namespace or "default",
+            labels={WORKLOAD_TYPE_LABEL: workload_type},
+            creation_timestamp=meta.creation_timestamp,
             owner_references=[owner],
         ),
         spec=WorkloadSpec(
             queue_name=queue,
-            priority_class_name=labels.get(PRIORITY_CLASS_LABEL),
-            pod_sets=[podset],
+            priority_class_name=meta.labels.get(PRIORITY_CLASS_LABEL),
+            pod_sets=podsets,
         ),
     )
 

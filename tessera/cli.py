@@ -395,19 +395,25 @@ def run(
     webhook_cert_dir: Annotated[Path, typer.Option("--webhook-cert-dir", help="Folder with the webhook's tls.crt and tls.key.")] = Path("/tmp/k8s-webhook-server/serving-certs"),
     ledger: Annotated[str | None, typer.Option("--ledger", help="Usage ledger: SQLAlchemy URL or SQLite file.", show_default="sqlite:///tessera-ledger.sqlite")] = None,
     policy: Annotated[str, typer.Option("--policy", help="Scheduling policy: tessera (falls back to kueue if the solver is unavailable), kueue, bestfit, fgd, random.")] = "tessera",
+    log_format: Annotated[str, typer.Option("--log-format", help="Log lines as text or as one JSON object per line.")] = "text",
+    log_level: Annotated[str, typer.Option("--log-level", help="Least severe level logged: debug, info, warning, error, critical.")] = "info",
 ) -> None:
     """Run the operator against the cluster KUBECONFIG (or the in-cluster service account) names."""
     import asyncio
-    import logging
 
     from kopf import LoginError
 
+    from admission.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
     from admission.operator import ConfigError, Operator, OperatorConfig, load_configuration
     from quotas.ledger import ledger_url
     from quotas.problems import ManifestError
 
     if all_namespaces and namespace:
         fail("--all-namespaces and --namespace: give one or the other")
+    if log_format not in LOG_FORMATS:
+        fail(f"--log-format: must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    if log_level.lower() not in LOG_LEVELS:
+        fail(f"--log-level: must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     for port, flag in ((metrics_port, "--metrics-port"), (health_port, "--health-port"), (webhook_port, "--webhook-port")):
         if not 0 <= port <= 65535:
             fail(f"{flag}: must be a port number 0-65535, got {port}")
@@ -416,7 +422,7 @@ def run(
     except ManifestError as exc:
         report(exc.problems)
         raise typer.Exit(BAD_INPUT) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_format, log_level.lower())
     try:
         operator = Operator(OperatorConfig(
             namespaces=list(namespace or []), configuration=configuration, metrics_port=metrics_port,
@@ -430,6 +436,42 @@ def run(
     except LoginError as exc:
         err.print(f"error: cannot reach a cluster: {exc}", markup=False)
         raise typer.Exit(1) from None
+
+
+@app.command()
+def certs(
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the operator and its webhook Service.")] = "tessera-system",
+    service: Annotated[str, typer.Option("--service", help="Name of the webhook Service.")] = "tessera-webhook",
+    secret_name: Annotated[str, typer.Option("--secret-name", help="Name of the TLS Secret the controller mounts.")] = "tessera-webhook-tls",
+    days: Annotated[int, typer.Option("--days", help="Validity of the CA and the serving certificate, in days.")] = 365,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the certificates and manifests into.")] = Path("tessera-certs"),
+    overlay: Annotated[Path | None, typer.Option("--overlay", help="Kustomize overlay the written kustomization.yaml builds on.", show_default="deploy/overlays/dev if present")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace files already in the folder.")] = False,
+) -> None:
+    """Write a self-signed CA, the webhook's serving certificate, its Secret and the caBundle patch (no cert-manager)."""
+    from admission.certs import CertsError, generate, write
+
+    if overlay is not None and not (overlay / "kustomization.yaml").is_file():
+        fail(f"--overlay: {overlay}: no kustomization.yaml there")
+    # The dev overlay deploys into tessera-system with the default names: build on it only when they are used.
+    default_overlay = Path("deploy/overlays/dev")
+    defaults = (namespace, service, secret_name) == ("tessera-system", "tessera-webhook", "tessera-webhook-tls")
+    chosen = overlay if overlay is not None else \
+        default_overlay if defaults and (default_overlay / "kustomization.yaml").is_file() else None
+    try:
+        made = generate(service, namespace, days=days)
+        written = write(output, made, secret_name=secret_name, namespace=namespace, overlay=chosen, force=force)
+    except CertsError as exc:
+        fail(str(exc))
+    for path in written.files:
+        out.print(f"wrote {path}", markup=False, soft_wrap=True)
+    out.print(f"certificate for {', '.join(made.dns_names)}, valid until {made.not_after:%Y-%m-%d}", markup=False, soft_wrap=True)
+    out.print(f"caBundle: {made.ca_bundle}", markup=False, soft_wrap=True)
+    if written.kustomization is not None:
+        out.print(f"next: kubectl apply -k {output}", markup=False, soft_wrap=True)
+    else:
+        out.print(f"next: kubectl apply -f {output / 'secret.yaml'}; once the webhook configurations are applied, "
+                  f"sh {output / 'patch-ca-bundle.sh'} (docs/install.md)", markup=False, soft_wrap=True)
 
 
 def main() -> None:

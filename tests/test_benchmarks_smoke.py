@@ -15,6 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import bench_kueue_perf  # noqa: E402
+import bench_operator  # noqa: E402
 import bench_philly  # noqa: E402
 import bench_scale  # noqa: E402
 import common  # noqa: E402
@@ -164,3 +165,53 @@ def test_scale_tiny() -> None:
     args = argparse.Namespace(jobs=30, nodes=16, load=1.2, seed=1, argv=["--jobs", "30", "--nodes", "16"])
     text = bench_scale.render(runs + [stopped], args, 0.1)
     assert "Scaled-down run" in text and "| `tessera` |" in text and "**stopped**" in text
+
+
+# --- operator latency ------------------------------------------------------------------------
+
+
+def test_operator_latency_few_jobs() -> None:
+    run = bench_operator.measure(6, "kueue", 0.0, teams=2, timeout=60)
+    assert (run["created"], run["started"]) == (6, 6)
+    assert 0 < run["p50_s"] <= run["p99_s"] <= run["max_s"] < 60 and len(run["latencies_s"]) == 6
+    assert run["cpu_s"] > 0 and run["peak_rss_mib"] > 0 and run["passes"] >= 1
+    assert run["requests"]["create workloads"] == 6 and run["requests"]["patch jobs"] == 6
+    args = argparse.Namespace(jobs=6, teams=2, argv=["--jobs", "6"], plain_emulator=False, load_after=1.0)
+    text = bench_operator.render([run], args)
+    assert "| `kueue` | all at once | 6/6 |" in text and "p99 <= 1 s" in text
+
+
+def test_operator_bench_emulator_keeps_the_api_server_rules() -> None:
+    import asyncio
+
+    import aiohttp
+
+    job = bench_operator.job_manifest(0, 1)
+    path = bench_operator.path_of(job) + "/" + job["metadata"]["name"]
+
+    async def probe(url: str) -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url + bench_operator.path_of(job), json=job) as r:
+                created = await r.json()
+            merge = {"Content-Type": "application/merge-patch+json"}
+            async with session.patch(url + path, json={"spec": {"parallelism": 2}}, headers=merge) as r:
+                moved = (await r.json())["metadata"]["resourceVersion"]
+            stale = {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]}, "spec": {"suspend": False}}
+            async with session.patch(url + path, json=stale, headers=merge) as r:
+                conflict = r.status
+            fresh = {"metadata": {"resourceVersion": moved}, "spec": {"suspend": False}, "status": {"active": 9}}
+            async with session.patch(url + path, json=fresh, headers=merge) as r:
+                patched = await r.json()
+            async with session.patch(url + path + "/status", json={"status": {"active": 1}, "spec": {"suspend": True}},
+                                     headers=merge) as r:
+                status_only = await r.json()
+            async with session.get(url + path + "-missing") as r:
+                missing = r.status
+            return [conflict, patched["spec"]["suspend"], "active" in patched.get("status", {}),
+                    status_only["status"]["active"], status_only["spec"]["suspend"], missing]
+
+    expected = [409, False, False, 1, False, 404]  # stale: 409; status only through /status, which changes only it
+    for fast in (True, False):
+        with bench_operator.bench_cluster(fast=fast) as cluster:
+            assert asyncio.run(probe(cluster.url)) == expected, fast
+
