@@ -40,6 +40,7 @@ from admission import integrations as ig
 from admission import jobs as jb
 from admission import workloads as wl
 from admission.events import EventRecorder
+from admission.fair_share import FairShareTracker, with_nominations
 from admission.integrations import Change, Integration
 from admission.kube import PODS, WORKLOADS, ApiError, Conflict, KubeApi, NotFound
 from admission.metrics import Metrics
@@ -94,6 +95,9 @@ class Controller:
         self._bad_jobs: dict[tuple[str, str, str], str] = {}
         self._was_leader = False
         self.queue_status = QueueStatusWriter(api, state, is_leader=is_leader)
+        self.fair_share = FairShareTracker(self.config, ledger)
+        self.nominations: dict[str, frozenset[str]] = {}
+        """The last cycle's `Decisions.nominations` (admission/fair_share.py)."""
         self.required = ("workloads", "nodes", "pods", "resourceflavors", "clusterqueues", "localqueues",
                          "cohorts", "workloadpriorityclasses", "topologies")
         """Listed before any decision, with every enabled integration's resource that the API server serves."""
@@ -502,13 +506,17 @@ class Controller:
         last: Decisions | None = None
         cycle: Cycle | None = None
         stale = False  # whether admissions or preemptions were applied after the last snapshot was built
+        await self.fair_share.seed(self.clock())
         for _ in range(self.options.max_cycles):
             cycle = build_cycle(self.state, self.clock(), self.config)
             stale = False
+            cycle.snapshot.admission_fair_sharing = self.fair_share.sync(cycle.snapshot)
             if not cycle.snapshot.pending:
                 break
+            with_nominations(cycle.snapshot, self.nominations)
             started = time.perf_counter()
             decisions = self.policy.schedule(cycle.snapshot)
+            self.nominations = dict(decisions.nominations)
             decisions.stats.seconds = decisions.stats.seconds or (time.perf_counter() - started)
             decisions.stats.policy = decisions.stats.policy or getattr(self.policy, "name", "")
             self.metrics.observe_decisions(decisions)

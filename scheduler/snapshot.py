@@ -69,6 +69,16 @@ class Admitted:
         )
 
 
+def fair_sharing_charge(admitted: Admitted) -> tuple[str, dict[str, float]]:
+    """What admission fair sharing charges for an admitted workload: its LocalQueue key
+    (``namespace/name``) and what it holds per resource, in units (not milli)."""
+    totals: dict[str, float] = {}
+    for (_, resource), amount in admitted.usage.items():
+        totals[resource] = totals.get(resource, 0.0) + amount / 1000
+    w = admitted.workload
+    return f"{w.namespace}/{w.local_queue}", totals
+
+
 @dataclass(frozen=True)
 class Pending:
     """A workload waiting for quota: queued since `queued_at` (eviction requeues reset it)."""

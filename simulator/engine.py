@@ -26,7 +26,7 @@ from quotas.tree import QuotaTree
 from quotas.usage import Usage
 from scheduler.cluster import GPU_RESOURCE, Binding, Cluster
 from scheduler.decisions import Admission, Decisions, Policy
-from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot
+from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot, fair_sharing_charge
 from scheduler.workload import WorkloadInfo
 from simulator.trace import SimJob
 
@@ -120,19 +120,6 @@ class _State:
     admitted: Admitted | None = None
     """Current admission record; its `bindings` are every pod bound so far (kept up to date)."""
     pending: Pending | None = None
-
-
-def _lq_key(workload: WorkloadInfo) -> str:
-    """How admission fair sharing names a LocalQueue: `namespace/name`."""
-    return f"{workload.namespace}/{workload.local_queue}"
-
-
-def _requests(admitted: Admitted) -> dict[str, float]:
-    """What a workload holds per resource (units, not milli), as admission fair sharing charges it."""
-    totals: dict[str, float] = {}
-    for (_, resource), amount in admitted.usage.items():
-        totals[resource] = totals.get(resource, 0.0) + amount / 1000
-    return totals
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -257,7 +244,7 @@ class Simulation:
             self.cluster.unbind(binding)
         self.usage = self.usage.release(state.admitted.cluster_queue, dict(state.admitted.usage))
         if self.fair_sharing is not None:
-            self.fair_sharing.release(_lq_key(state.job.workload), _requests(state.admitted), at=self.now)
+            self.fair_sharing.release(*fair_sharing_charge(state.admitted), at=self.now)
         del self.admitted[state.job.workload.key]
         state.admitted = None
         state.epoch += 1
@@ -326,7 +313,7 @@ class Simulation:
         )
         self.admitted[admission.key] = state
         if self.fair_sharing is not None:
-            self.fair_sharing.admit(_lq_key(state.job.workload), _requests(state.admitted), at=self.now)
+            self.fair_sharing.admit(*fair_sharing_charge(state.admitted), at=self.now)
         if self.wait_for_pods_ready.enable:
             self._push(self.now + self.wait_for_pods_ready.timeout, "timeout", admission.key, state.epoch)
         self._maybe_started(state)

@@ -530,3 +530,24 @@ async def test_a_status_write_from_a_stale_view_is_refused_and_the_cache_refresh
         assert await controller.write_status(fresh, wl.pending_status(fresh, "now from a fresh view", "2025-01-01T00:00:00Z"))
     finally:
         await api.close()
+
+
+# --- 9. admission fair sharing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["kueue", "tessera"])
+async def test_admission_fair_sharing_admits_the_less_used_local_queue_first(
+        cluster: EmulatedCluster, user: User, policy: str) -> None:
+    await setup_queues(user, quota=8)
+    await user.create(local_queue("ns", "lq2", "cq"))
+    config = Configuration.model_validate({"admissionFairSharing": {"usageHalfLifeTime": "1h"}})
+    async with running(cluster, configuration=config, policy=policy, period=0.2):
+        await user.create(job("ns", "heavy", "lq", gpus=8))
+        await until(lambda: _started_job(user, "heavy"), what="heavy started")
+        await user.create(job("ns", "again", "lq", gpus=8))
+        await until(lambda: _pending_message(user, "again"), what="again pending")
+        await user.create(job("ns", "newcomer", "lq2", gpus=8))  # later, but its LocalQueue used nothing
+        await until(lambda: _pending_message(user, "newcomer"), what="newcomer pending")
+        await user.finish("heavy")
+        await until(lambda: _started_job(user, "newcomer"), what="newcomer started first")
+        assert not started(await user.job("again"))
