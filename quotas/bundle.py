@@ -28,11 +28,13 @@ from quotas.api import (
 )
 from quotas.base import API_GROUP, GROUP_VERSION, QUEUE_NAME_LABEL
 from quotas.jobs import JobConversionError, workload_from_job
-from quotas.kube import Job, Node
+from quotas.kube import Job, Namespace, Node
 from quotas.loader import RawObject, Source, load_paths
 from quotas.problems import Problem
 
-KUBE_KINDS: dict[tuple[str, str], type[BaseModel]] = {("v1", "Node"): Node, ("batch/v1", "Job"): Job}
+KUBE_KINDS: dict[tuple[str, str], type[BaseModel]] = {
+    ("v1", "Node"): Node, ("batch/v1", "Job"): Job, ("v1", "Namespace"): Namespace,
+}
 KUEUE_GROUP = "kueue.x-k8s.io"
 
 ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
@@ -51,12 +53,17 @@ class Bundle:
     workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
     jobs: dict[tuple[str, str], Job] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
     configuration: Configuration | None = None
     sources: dict[ObjectKey, Source] = field(default_factory=dict)
     # Objects refused for their own errors: references to them are not reported again.
     rejected: set[ObjectKey] = field(default_factory=set)
     # Workloads derived from queued Jobs, keyed like the Jobs.
     job_workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
+
+    def namespace_labels(self) -> dict[str, dict[str, str]]:
+        """Labels per namespace given as Namespace manifests (for `namespaceSelector`)."""
+        return {name: dict(ns.metadata.labels) for name, ns in self.namespaces.items()}
 
     def source_of(self, kind: str, name: str, namespace: str = "") -> str:
         source = self.sources.get((kind, namespace, name))
@@ -218,6 +225,8 @@ def _add(bundle: Bundle, obj: BaseModel, key: ObjectKey) -> None:
         bundle.jobs[(namespace, name)] = obj
     elif isinstance(obj, Node):
         bundle.nodes[name] = obj
+    elif isinstance(obj, Namespace):
+        bundle.namespaces[name] = obj
     elif isinstance(obj, Configuration):
         bundle.configuration = obj
     else:  # pragma: no cover - every parsed kind is listed above
@@ -235,6 +244,7 @@ def _remove(bundle: Bundle, key: ObjectKey) -> None:
         "WorkloadPriorityClass": bundle.priority_classes,
         "Topology": bundle.topologies,
         "Node": bundle.nodes,
+        "Namespace": bundle.namespaces,
     }
     by_namespace: dict[str, dict[tuple[str, str], Any]] = {
         "LocalQueue": bundle.local_queues,

@@ -177,6 +177,14 @@ class NodeStatus(KubeModel):
     conditions: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class Namespace(KubeModel):
+    """A namespace: only its labels matter, for ClusterQueues' `namespaceSelector`."""
+
+    api_version: Literal["v1"] = "v1"
+    kind: Literal["Namespace"] = "Namespace"
+    metadata: ObjectMeta
+
+
 class Node(KubeModel):
     api_version: Literal["v1"] = "v1"
     kind: Literal["Node"] = "Node"

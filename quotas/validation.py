@@ -21,7 +21,7 @@ from quotas.base import (
     dns1123_label_problem,
     qualified_name_problem,
 )
-from quotas.kube import Job
+from quotas.kube import Job, Namespace
 from quotas.problems import Problem
 from quotas.quantity import format_quantity
 
@@ -121,6 +121,10 @@ def check_object(obj: BaseModel) -> list[Finding]:
             found.append(("metadata.namespace", f'{problem}, got "{obj.namespace}"'))
     if isinstance(obj, Job):
         found += _check_job(obj)
+    if isinstance(obj, Namespace):
+        problem = dns1123_label_problem(obj.metadata.name or "")
+        if problem:
+            found.append(("metadata.name", f'{problem}, got "{obj.metadata.name}"'))
     return found
 
 

@@ -98,7 +98,7 @@ __all__ = [
 
 DEVIATIONS = """\
 - Namespace labels: the snapshot carries none, so namespaceSelector is matched against
-  {kubernetes.io/metadata.name: <namespace>} (plus snapshot.namespace_labels if present).
+  {kubernetes.io/metadata.name: <namespace>} plus snapshot.namespace_labels.
 - Workloads rejected before nomination (namespace mismatch, stopped queues, unknown
   queues) do not take a head slot (Kueue pops them once and parks them as inadmissible).
 - Set-aside (inadmissible) workloads return on quota release in their cohort tree;
@@ -243,9 +243,8 @@ class _Cycle:
     # --- queues -------------------------------------------------------------------------------
 
     def _namespace_labels(self, namespace: str) -> dict[str, str]:
-        extra = getattr(self.s, "namespace_labels", None) or {}
-        labels = dict(extra.get(namespace, {}))
-        labels.setdefault("kubernetes.io/metadata.name", namespace)
+        labels = dict(self.s.namespace_labels.get(namespace, {}))
+        labels["kubernetes.io/metadata.name"] = namespace  # the API server sets it, users cannot
         return labels
 
     def build_queues(self) -> dict[str, list[Pending]]:

@@ -115,6 +115,9 @@ class Snapshot:
     config: Configuration = field(default_factory=Configuration)
     admission_fair_sharing: AdmissionFairSharing | None = None
     seed: int = 0
+    namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """Labels per namespace, for ClusterQueues' `namespaceSelector` (every namespace also
+    carries `kubernetes.io/metadata.name`, as Kubernetes sets it)."""
 
     def cluster_queue_of(self, workload: WorkloadInfo) -> str | None:
         """The ClusterQueue behind a workload's LocalQueue, or None when the LocalQueue is unknown."""
@@ -138,6 +141,7 @@ def build_snapshot(
     config: Configuration | None = None,
     admission_fair_sharing: AdmissionFairSharing | None = None,
     seed: int = 0,
+    namespace_labels: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Snapshot:
     """A snapshot from the objects, with the quota tree built and usage charged for `admitted`."""
     queues = list(cluster_queues)
@@ -158,4 +162,5 @@ def build_snapshot(
         config=config or Configuration(),
         admission_fair_sharing=admission_fair_sharing,
         seed=seed,
+        namespace_labels=dict(namespace_labels or {}),
     )

@@ -369,7 +369,7 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
     prepared = Prepared([], {})
     strict_blocked: dict[str, str] = {}
     running = {a.key for a in snapshot.admitted}
-    namespace_labels = getattr(snapshot, "namespace_labels", None) or {}
+    namespace_labels = snapshot.namespace_labels
     # Pending sets repeat a few podset shapes many times (replicas of one Job template, a team's
     # usual sizes): their options are computed once per ClusterQueue and shape, and shared.
     option_memo: dict[tuple[object, ...], tuple[list[PodSetOption], list[str]]] = {}
@@ -398,7 +398,7 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
             prepared.reasons[key] = f"ClusterQueue {cq} is stopped (stopPolicy {spec.stop_policy})"
             continue
         selector = spec.namespace_selector
-        labels = {"kubernetes.io/metadata.name": wl.namespace, **dict(namespace_labels.get(wl.namespace, {}))}
+        labels = {**namespace_labels.get(wl.namespace, {}), "kubernetes.io/metadata.name": wl.namespace}
         if selector is None or not selector.matches(labels):
             why = "it has no namespaceSelector, which selects no namespace" if selector is None else f"namespace {wl.namespace} does not match its namespaceSelector"
             prepared.reasons[key] = f"namespace not selected by ClusterQueue {cq}: {why}"

@@ -51,6 +51,8 @@ class Setup:
     topologies: list[Topology] = field(default_factory=list)
     config: Configuration = field(default_factory=Configuration)
     seed: int = 0
+    namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Labels per namespace (from Namespace manifests), for ClusterQueues' namespaceSelector."""
 
 
 @dataclass
@@ -362,6 +364,7 @@ class Simulation:
             config=self.config,
             admission_fair_sharing=self.fair_sharing,
             seed=self.setup.seed,
+            namespace_labels=self.setup.namespace_labels,
         )
 
     def _schedule(self) -> None:

@@ -107,8 +107,11 @@ def load_inputs(cluster: str | None, queues: str | None, workload: str | None, s
     classes = {name: pc.value for name, pc in queue_bundle.priority_classes.items()} if queue_bundle else {}
 
     nodes: list[Node]
+    namespace_labels: dict[str, dict[str, str]] = {}
     if cluster:
-        nodes = list(_checked([cluster], "Node manifests").nodes.values())
+        cluster_bundle = _checked([cluster], "Node manifests")
+        nodes = list(cluster_bundle.nodes.values())
+        namespace_labels.update(cluster_bundle.namespace_labels())
         if not nodes:
             raise ManifestError([Problem(cluster, "", "", "no Node objects found")])
     else:
@@ -134,6 +137,7 @@ def load_inputs(cluster: str | None, queues: str | None, workload: str | None, s
         topologies=list(queue_bundle.topologies.values()),
         config=simulation_config(queue_bundle.configuration),
         seed=seed,
+        namespace_labels={**namespace_labels, **queue_bundle.namespace_labels()},
     )
     gpu_total = sum(int(n.allocatable().get("nvidia.com/gpu", 0)) for n in nodes)
     description = (

@@ -287,3 +287,15 @@ def test_reclaimed_capacity_goes_to_the_preemptor_not_back_to_its_victim(
         assert by_name["job-small"]["started_at"] == 100, run["policy"]
         # the gang restarts once the small job is done
         assert by_name["job-big"]["started_at"] == 1100, run["policy"]
+
+
+def test_namespace_selector_matches_labels_of_namespace_manifests(tmp_path: Path, write_yaml: Callable[..., Path]) -> None:
+    selecting = QUEUES.replace("  namespaceSelector: {}", "  namespaceSelector: {matchLabels: {team: vision}}")
+    namespace = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: ml, labels: {team: vision}}\n"
+    args = files(tmp_path, write_yaml, [job("a", 1, 1, 0, 100)])
+    for queues, admitted in ((selecting + namespace, True), (selecting, False)):
+        args[3] = str(write_yaml("queues-ns.yaml", queues))
+        result = runner.invoke(app, ["simulate", *args, "--policy", "tessera,kueue", "--json"])
+        assert result.exit_code == 0, result.output
+        for run in json.loads(result.stdout)["results"]:
+            assert (run["workloads"][0]["admitted_at"] is not None) is admitted, run["policy"]
