@@ -255,6 +255,7 @@ class _Cycle:
         queues: dict[str, list[Pending]] = {}
         afs = s.admission_fair_sharing
         lq_usage: dict[str, float] = {}
+        matched: dict[tuple[str, str], bool] = {}  # (ClusterQueue, namespace) -> selected
         for p in s.pending:
             w = p.workload
             key = p.key
@@ -283,7 +284,10 @@ class _Cycle:
             if selector is None:
                 reasons[key] = f"namespace not selected by ClusterQueue {cq_name}: it has no namespaceSelector, which selects no namespace"
                 continue
-            if not selector.matches(self._namespace_labels(w.namespace)):
+            selected = matched.get((cq_name, w.namespace))
+            if selected is None:
+                selected = matched[(cq_name, w.namespace)] = selector.matches(self._namespace_labels(w.namespace))
+            if not selected:
                 reasons[key] = f"namespace not selected by ClusterQueue {cq_name}: namespace {w.namespace} does not match its namespaceSelector"
                 continue
             aside = st.inadmissible.get(key)

@@ -8,6 +8,8 @@ and `Usage` is immutable).
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -93,7 +95,7 @@ class Pending:
     nominated node): a policy keeps them from work that does not outrank it, so that the
     capacity the victims give up goes to the preemptor and is not taken, then preempted again."""
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return self.workload.key
 

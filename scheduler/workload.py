@@ -8,6 +8,8 @@ re-parsing Decimal quantities) in the hot paths.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -133,9 +135,9 @@ class WorkloadInfo:
     cluster_queue: str | None = None
     priority_class: str | None = None
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """``namespace/name``, unique among workloads."""
+        """``namespace/name``, unique among workloads (read in every cycle's hot loops: kept)."""
         return f"{self.namespace}/{self.name}"
 
     @classmethod
