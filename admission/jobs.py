@@ -9,7 +9,8 @@ admission it lowers `parallelism`. What it changes is first saved, as JSON, in t
 `tessera.dev/original-pod-template` annotation (the template's `nodeSelector` and
 `tolerations`, and the Job's `parallelism`), so that suspending the Job again restores the
 template exactly, and an admission repeated after a crash starts from the original, not
-from its own earlier injection.
+from its own earlier injection. An admission with a per-pod plan (`admission.placement`) also
+adds the scheduling gate `tessera.dev/placement` to the template; suspending takes it off.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from admission.placement import has_gate, template_gates
 from quotas.api import ResourceFlavor, Topology
 from scheduler.snapshot import PodSetPlacement
 
@@ -105,8 +107,9 @@ def admission_selector(placement: PodSetPlacement, flavors: Mapping[str, Resourc
 
 
 def admission_patch(job: Mapping[str, Any], placement: PodSetPlacement, flavors: Mapping[str, ResourceFlavor],
-                    topology: Topology | None) -> dict[str, Any]:
-    """The merge patch that starts an admitted Job on its flavor (see the module docstring)."""
+                    topology: Topology | None, gate: bool = False) -> dict[str, Any]:
+    """The merge patch that starts an admitted Job on its flavor (see the module docstring); `gate`: its
+    pods are created behind the placement gate (the admission carries a per-pod plan)."""
     original = original_fields(job)
     labels, tolerations = admission_selector(placement, flavors, topology)
     selector = {**original.get("nodeSelector", {}), **labels}
@@ -121,6 +124,8 @@ def admission_patch(job: Mapping[str, Any], placement: PodSetPlacement, flavors:
         pod_patch["nodeSelector"] = selector_patch
     if list(pod.get("tolerations") or []) != wanted_tolerations:
         pod_patch["tolerations"] = wanted_tolerations or None
+    if has_gate(pod) != gate:
+        pod_patch["schedulingGates"] = template_gates(pod, gate) or None
     spec_patch: dict[str, Any] = {"suspend": False}
     if pod_patch:
         spec_patch["template"] = {"spec": pod_patch}
@@ -134,10 +139,13 @@ def admission_patch(job: Mapping[str, Any], placement: PodSetPlacement, flavors:
 
 
 def suspend_patch(job: Mapping[str, Any]) -> dict[str, Any]:
-    """Suspend the Job and restore what admission changed (from the saved annotation)."""
+    """Suspend the Job and restore what admission changed (from the saved annotation; the placement
+    gate is taken off the template whatever the annotation says)."""
     spec_patch: dict[str, Any] = {"suspend": True}
     saved = saved_original(job)
     patch: dict[str, Any] = {"spec": spec_patch}
+    if has_gate(_pod_spec(job)):
+        spec_patch["template"] = {"spec": {"schedulingGates": template_gates(_pod_spec(job), False) or None}}
     if saved is not None:
         pod = _pod_spec(job)
         pod_patch: dict[str, Any] = {}
@@ -147,7 +155,7 @@ def suspend_patch(job: Mapping[str, Any]) -> dict[str, Any]:
         if list(pod.get("tolerations") or []) != list(saved.get("tolerations") or []):
             pod_patch["tolerations"] = list(saved.get("tolerations") or []) or None
         if pod_patch:
-            spec_patch["template"] = {"spec": pod_patch}
+            spec_patch.setdefault("template", {"spec": {}})["spec"].update(pod_patch)
         if saved.get("parallelism") != _spec(job).get("parallelism"):
             spec_patch["parallelism"] = saved.get("parallelism")
         patch["metadata"] = {"annotations": {ORIGINAL_TEMPLATE_ANNOTATION: None}}

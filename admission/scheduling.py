@@ -10,12 +10,15 @@ replica is the leader and the caches are synced it runs one `reconcile` pass:
    record). An evicted Workload's Job is suspended (template restored); once its pods are
    gone the quota is released and the Workload requeued. An admitted Workload's Job runs with
    the admission's node selector (this repairs a crash between the two writes of an
-   admission); with `waitForPodsReady`, one whose pods are not all ready in time is evicted
-   and requeued with exponential backoff. Every other Job is kept suspended.
+   admission), and its pods held by the placement gate are ungated onto the admission's
+   per-pod plan (`admission.placement`); with `waitForPodsReady`, one whose pods are not all
+   ready in time is evicted and requeued with exponential backoff. Every other Job is kept
+   suspended.
 3. **Cycles.** The snapshot goes to the policy; its decisions are applied as the simulator
    applies them (`simulator/engine.py`), against the API server: preempt (Evicted +
    Preempted, then suspend), admit (the admission recorded in the Workload status under a
-   resourceVersion precondition, *then* the Job patched and un-suspended), and the pending
+   resourceVersion precondition, with the policy's per-pod plan when it places pods, *then* the
+   Job patched and un-suspended, its template gated when there is a plan), and the pending
    reasons written into the Workloads' `QuotaReserved` condition. Cycles repeat while they
    change something (bounded).
 
@@ -29,6 +32,7 @@ from memory; the ledger writes are idempotent (keyed by the QuotaReserved transi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -38,6 +42,7 @@ from typing import Any
 
 from admission import integrations as ig
 from admission import jobs as jb
+from admission import placement as pl
 from admission import workloads as wl
 from admission.events import EventRecorder
 from admission.fair_share import FairShareTracker, with_nominations
@@ -94,6 +99,8 @@ class Controller:
         self._ledgered: set[tuple[str, float]] = set()
         self._bad_jobs: dict[tuple[str, str, str], str] = {}
         self._was_leader = False
+        self._settled: dict[tuple[str, str], tuple[Any, ...]] = {}
+        """Workloads `sync_jobs` found nothing to do for, with what it judged (see there)."""
         self.queue_status = QueueStatusWriter(api, state, is_leader=is_leader)
         self.fair_share = FairShareTracker(self.config, ledger)
         self.nominations: dict[str, frozenset[str]] = {}
@@ -113,10 +120,10 @@ class Controller:
         """The enabled integrations whose objects are listed (so their Workloads can be judged)."""
         return [i for i in self.integrations if i.plural in self.state.synced]
 
-    def pods_by_owner(self) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    def pods_by_owner(self, every: bool = False) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
         """Pods not yet Succeeded or Failed, by (integration plural, namespace, owning object's name), for the
-        integrations that read pods (`Integration.uses_pods`)."""
-        active = [i for i in self.active_integrations() if i.uses_pods]
+        integrations that read pods (`Integration.uses_pods`), or for all of them (`every`: per-pod plans)."""
+        active = [i for i in self.active_integrations() if i.uses_pods or (every and i.honours_plans)]
         out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         if not active:
             return out
@@ -366,8 +373,19 @@ class Controller:
         stamp = wl.now_rfc3339(now)
         pods_ready = self.config.wait_for_pods_ready
         active = {i.plural for i in self.active_integrations()}
-        pods_by_owner = self.pods_by_owner()
+        pods_by_owner = self.pods_by_owner(every=True)  # (integrations ignore pods they do not use)
+        # A Workload found with nothing to do is skipped by the next passes while it, its Job, the Job's pods,
+        # the flavors and topologies stay the same objects (the cache replaces an object when it changes).
+        settled: dict[tuple[str, str], tuple[Any, ...]] = {}
+        context = (self.state.revisions.get("resourceflavors", 0), self.state.revisions.get("topologies", 0), active)
         for (namespace, name), workload in self.state.items("workloads"):
+            known = self._settled.get((namespace, name))
+            if known is not None and known[0] is workload and known[1] == context:
+                job = self.state.get(known[2].plural, namespace, known[3])
+                pods = pods_by_owner.get((known[2].plural, namespace, known[3]), [])
+                if job is known[4] and len(pods) == len(known[5]) and all(a is b for a, b in zip(pods, known[5])):
+                    settled[(namespace, name)] = known
+                    continue
             found = ig.owner_of(workload)
             if found is None or found[0].plural not in active:
                 continue
@@ -377,6 +395,7 @@ class Controller:
                 continue
             key = f"{namespace}/{name}"
             pods = pods_by_owner.get((integration.plural, namespace, job_name), [])
+            settle = (workload, context, integration, job_name, job, pods)
             done = integration.finished(job)
             if done is not None:
                 await self._finish(key, workload, job, done, stamp, now)
@@ -387,15 +406,28 @@ class Controller:
                 elif integration.active_pods(job, pods) == 0:
                     await self._release(key, workload, job, stamp, now)
                 continue
+            if wl.holds_quota(workload) and not wl.is_active(workload):
+                # Kueue's way to stop admitted work: `spec.active: false` evicts it and it stays out
+                # of the queue until set back to true (the Job's own `suspend` is Tessera's to set).
+                await self._evict(key, workload, job, wl.EVICTED_BY_DEACTIVATION,
+                                  "The workload is deactivated (spec.active: false)", stamp, None, integration)
+                continue
             if wl.holds_quota(workload):
                 await self._ledger_admission(key, workload)
                 if await self._start_job(workload, job, integration, pods):
                     pass  # held (started outside Tessera), started, or repaired: not yet running as admitted
-                elif pods_ready.enable and not wl.is_true(workload, "PodsReady"):
-                    await self._check_pods_ready(key, workload, job, stamp, now, integration, pods)
+                else:
+                    await self._place_pods(workload, job, integration, pods)
+                    if pods_ready.enable and not wl.is_true(workload, "PodsReady"):
+                        await self._check_pods_ready(key, workload, job, stamp, now, integration, pods)
+                    elif not any(pl.is_gated(p) for p in pods):
+                        settled[(namespace, name)] = settle  # runs as admitted; no timeout (it depends on now)
                 continue
             if not integration.is_held(job, pods):
                 await self.apply_change(integration, job, integration.hold(job, pods))
+            else:
+                settled[(namespace, name)] = settle
+        self._settled = settled
 
     async def _finish(self, key: str, workload: Mapping[str, Any], job: Mapping[str, Any], done: tuple[str, str],
                       stamp: str, now: float) -> None:
@@ -430,7 +462,8 @@ class Controller:
         end = "Preempted" if wl.is_true(workload, wl.PREEMPTED) else "Evicted"
         await self._ledger_admission(key, workload)
         await self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason=end)
-        self._event(updated, "QuotaReleased", f"Quota released after eviction ({reason}); requeued")
+        self._event(updated, "QuotaReleased", f"Quota released after eviction ({reason})"
+                    + ("; requeued" if wl.is_active(updated) else "; deactivated, not requeued"))
         if deactivate:
             meta = updated["metadata"]
             try:
@@ -459,6 +492,32 @@ class Controller:
             self._event(updated, "Started", f"Admitted by ClusterQueue {admission.get('clusterQueue')}: "
                                             f"flavors {flavors}")
         return True
+
+    async def _place_pods(self, workload: Mapping[str, Any], job: Mapping[str, Any], integration: Integration,
+                          pods: Sequence[Mapping[str, Any]]) -> None:
+        """Ungate the pods that wait behind the placement gate onto the admission's planned nodes
+        (`admission.placement`); a pod no planned node can take goes with the flavor's selector only,
+        told by a `PlacementFallback` Warning Event."""
+        if not any(pl.is_gated(p) for p in pods):
+            return
+        placements = wl.placements_of(workload["status"]["admission"])
+        if not placements:
+            return
+        flavors, topologies = self._flavors_and_topologies()
+        available = {name for (_, name), node in self.state.items("nodes")
+                     if not (node.get("spec") or {}).get("unschedulable")}
+        change = integration.placement_change(job, pods, placements, flavors, topologies, available)
+        if change is None:
+            return
+        await self.apply_change(integration, job, change)
+        if change.unplaced:
+            gone = sorted({n for p in placements for n in p.nodes} - available)
+            why = f"planned node(s) {', '.join(gone)} gone or unschedulable" if gone else "no planned node has room"
+            message = (f"Pod(s) {', '.join(change.unplaced)} ungated without their planned node ({why}): "
+                       "placed by kube-scheduler within the flavor's node selector")
+            logger.warning("%s %s/%s: %s", integration.resource.kind, (job.get("metadata") or {}).get("namespace"),
+                           (job.get("metadata") or {}).get("name"), message)
+            self._event(job, "PlacementFallback", message, "Warning")
 
     def _flavors_and_topologies(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from admission.snapshot import objects_of
@@ -509,6 +568,7 @@ class Controller:
         await self.fair_share.seed(self.clock())
         for _ in range(self.options.max_cycles):
             cycle = build_cycle(self.state, self.clock(), self.config)
+            pl.reserve_plans(cycle)  # planned pods not bound yet hold their nodes (admission/placement.py)
             stale = False
             cycle.snapshot.admission_fair_sharing = self.fair_share.sync(cycle.snapshot)
             if not cycle.snapshot.pending:
@@ -581,18 +641,22 @@ class Controller:
 
     async def _admit(self, cycle: Cycle, entry: Entry, admission: Any, stamp: str, now: float) -> bool:
         assert entry.info is not None and entry.job is not None
+        integration = entry.integration or ig.BATCH_JOB
+        # A per-pod plan only from a policy that places pods, for a kind whose pods follow it: recorded with the
+        # admission, and the release gates the pods (admission/placement.py).
+        places = bool(getattr(self.policy, "places_pods", False)) and integration.honours_plans
+        admission = dataclasses.replace(admission, podsets=pl.planned(admission.podsets, places))
         record = wl.admission_record(admission, entry.info, cycle.flavors, cycle.topologies)
         updated = await self.write_status(entry.workload, wl.admitted_status(entry.workload, record, stamp))
         if updated is None:
             return False
-        queued = next((p.queued_at for p in cycle.snapshot.pending if p.key == entry.key), now)
+        queued = cycle.queued_at(entry.key, now)
         self.metrics.observe_admission(admission.cluster_queue, now - queued)
         logger.info("Workload %s admitted in ClusterQueue %s", entry.key, admission.cluster_queue,
                     extra=_fields(entry.key, entry.job, admission.cluster_queue, reason="QuotaReserved",
                                   flavors=dict(admission.podsets[0].flavors) if admission.podsets else {},
                                   waited_seconds=round(max(now - queued, 0.0), 3)))
         self._event(updated, "QuotaReserved", f"Quota reserved in ClusterQueue {admission.cluster_queue}")
-        integration = entry.integration or ig.BATCH_JOB
         job = self.state.get(integration.plural, *_split_job(entry)) or entry.job
         change = integration.release(job, self._pods_of(integration, job), list(admission.podsets), cycle.flavors,
                                      cycle.topologies)

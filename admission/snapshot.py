@@ -16,6 +16,28 @@
   its CRD not installed) is never pending, but keeps charging the quota it holds: its pods run.
 
 Pure with respect to the API: reads only the `ClusterState`.
+
+Incremental: a pass builds one or two snapshots, and most objects have not changed since the
+last one, so `build_cycle` keeps what it derived (a `SnapshotMemo`, in `ClusterState.derived`)
+and redoes only what changed:
+
+* per object version (`ClusterState.parsed`, keyed by resource, key and resourceVersion): a
+  Workload's facts (owner, conditions), its `WorkloadInfo`, `Entry`, `Pending` and `Admitted`
+  (the last also keyed by its pods' bindings); a pod's liveness, node, request and owners;
+* per resource revision (`ClusterState.revisions`): the parsed tessera.dev objects and the
+  node-only `Cluster`;
+* the live pods are bound, in cache order, onto a copy of the node-only cluster; the bound
+  cluster is kept with the sequence of (node, request) it bound, and reused, or extended by the
+  pods appended since, while that sequence only grows (a pod gone from the middle means binding
+  them all again: device shares depend on the order);
+* the quota tree is kept while the ClusterQueues' and Cohorts' names and specs stay (their
+  status writes do not count); the usage is moved by releasing and admitting only the workloads
+  whose charge changed.
+
+Each snapshot gets its own `Cluster` (a copy, with its own state-id table), so policies may
+copy and try it as before. What comes out is the snapshot a build from scratch makes
+(tests/test_operator_snapshot.py compares them on random histories); values that depend on
+`now` (a workload without timestamps) are never kept.
 """
 
 from __future__ import annotations
@@ -44,8 +66,11 @@ from quotas.api import (
 from quotas.bundle import parse_object, without_nulls
 from quotas.kube import Node, PodSpec, pod_requests
 from quotas.loader import RawObject, Source
+from quotas.tree import QuotaTree
+from quotas.units import FlavorResource
+from quotas.usage import Usage
 from scheduler.cluster import Binding, Cluster, PodRequest
-from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot, build_snapshot
+from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot
 from scheduler.workload import WorkloadInfo, resolve_priority
 
 logger = logging.getLogger("tessera.snapshot")
@@ -83,6 +108,12 @@ class Cycle:
     topologies: dict[str, Topology]
     skipped: dict[str, str] = field(default_factory=dict)
     """Workload key -> why it could not be read (bad podset template, ...)."""
+    queued: dict[str, float] = field(default_factory=dict)
+    """Pending workload key -> when it was queued (its `Pending.queued_at`)."""
+
+    def queued_at(self, key: str, default: float) -> float:
+        """When a workload pending in this cycle was queued; `default` for any other."""
+        return self.queued.get(key, default)
 
 
 class _Unparsable:
@@ -109,7 +140,14 @@ def parse_tessera(raw: Mapping[str, Any]) -> BaseModel | _Unparsable:
 
 
 def objects_of(state: ClusterState, plural: str) -> list[Any]:
-    """Parsed objects of one tessera.dev resource, leaving out (and logging) those that do not parse."""
+    """Parsed objects of one tessera.dev resource, leaving out (and logging) those that do not parse.
+
+    Kept until the resource changes (`ClusterState.revisions`); a new list each call."""
+    memo = memo_of(state)
+    revision = state.revisions.get(plural, 0)
+    cached = memo.objects.get(plural)
+    if cached is not None and cached[0] == revision:
+        return list(cached[1])
     out = []
     for key, raw in state.items(plural):
         obj = state.parsed(plural, key, parse_tessera)
@@ -117,7 +155,8 @@ def objects_of(state: ClusterState, plural: str) -> list[Any]:
             _report(plural, key, str((raw.get("metadata") or {}).get("resourceVersion")), obj.reason)
             continue
         out.append(obj)
-    return out
+    memo.objects[plural] = (revision, out)
+    return list(out)
 
 
 def _parse_node(raw: Mapping[str, Any]) -> Node | _Unparsable:
@@ -143,111 +182,312 @@ def _parse_workload(raw: Mapping[str, Any]) -> WorkloadInfo | _Unparsable:
         return _Unparsable(str(exc).splitlines()[0])
 
 
-def build_cycle(state: ClusterState, now: float, config: Configuration | None = None, seed: int = 0) -> Cycle:
-    """The snapshot of `state` at `now` (see the module docstring)."""
+SLOT = "snapshot"
+"""The `ClusterState.parsed` slot of the facts this module derives from Workloads and pods."""
+
+
+class SnapshotMemo:
+    """What `build_cycle` keeps from one build to the next (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[int, list[Any]]] = {}
+        """tessera.dev plural -> (its revision, its parsed objects)."""
+        self.nodes_revision = -1
+        self.base: Cluster | None = None
+        """The Nodes' cluster, no pod bound (never handed out: snapshots get copies)."""
+        self.bound: Cluster | None = None
+        """`base` with the pods of `sequence` bound, in that order (never handed out)."""
+        self.sequence: list[tuple[str, PodRequest]] = []
+        """(node, request) of every pod bound into `bound`, in binding order."""
+        self.bindings: list[Binding | None] = []
+        """What each pod of `sequence` got (None: it did not fit its node in the model)."""
+        self.tree_key: tuple[tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...]] | None = None
+        """(name, spec) of every ClusterQueue and Cohort `tree` was built from."""
+        self.tree: QuotaTree | None = None
+        self.usage: Usage | None = None
+        """Usage of `tree` charged with `charges`."""
+        self.charges: dict[str, tuple[str, Mapping[FlavorResource, int]]] = {}
+        """Admitted workload key -> (ClusterQueue, usage) charged into `usage`."""
+
+
+def memo_of(state: ClusterState) -> SnapshotMemo:
+    memo = state.derived.get("snapshot")
+    if memo is None:
+        memo = state.derived["snapshot"] = SnapshotMemo()
+    return memo  # type: ignore[no-any-return]
+
+
+class _WorkloadFacts:
+    """What one version of a Workload says, and what the last snapshots built from it (reused while it holds)."""
+
+    __slots__ = ("admission", "admitted", "entry", "finished", "holds", "info", "integration", "owner", "parsed",
+                 "pending", "spec_priority", "active")
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        found = integrations.owner_of(raw)
+        self.integration: Integration | None = found[0] if found else None
+        self.owner: str | None = found[1] if found else None
+        self.finished = wl.is_finished(raw)
+        self.holds = wl.holds_quota(raw)
+        self.active = wl.is_active(raw)
+        self.spec_priority = (raw.get("spec") or {}).get("priority")
+        self.parsed: WorkloadInfo | _Unparsable | None = None
+        """This version parsed (once it was needed)."""
+        self.info: WorkloadInfo | None = None
+        """With its priority resolved against the WorkloadPriorityClasses of the last build."""
+        self.entry: Entry | None = None
+        self.pending: Pending | None = None
+        self.admission: tuple[str, list[PodSetPlacement], dict[FlavorResource, int], float, bool] | None = None
+        """(ClusterQueue, placements without nodes, usage, reserved at, evicting) of its admission record."""
+        self.admitted: tuple[WorkloadInfo, tuple[tuple[str, Binding], ...], Admitted] | None = None
+        """(info, its pods' (podset, binding), the Admitted built from them)."""
+
+
+class _PodFacts:
+    """What one version of a pod means for the cluster: live on a node, its request, its possible owners."""
+
+    __slots__ = ("live", "node", "owners", "request")
+
+    def __init__(self, pod: dict[str, Any]) -> None:
+        self.live = pod_is_live(pod)
+        self.node: str = str(pod["spec"]["nodeName"]) if self.live else ""
+        self.request = _parse_pod_request(pod) if self.live else None
+        owners = []
+        if self.live:
+            for integration in integrations.ALL:
+                found = integration.pod_owner(pod)
+                if found is not None:
+                    owners.append((integration.plural, found[0], found[1]))
+        self.owners: tuple[tuple[str, str, str], ...] = tuple(owners)
+        """(integration plural, owning object's name, podset) per integration that claims the pod, in
+        `integrations.ALL` order."""
+
+
+def _detached_copy(cluster: Cluster) -> Cluster:
+    """A copy in the same state with a state-id table of its own, as a fresh build would give it (copies of
+    one cluster share the table, and placement memoises on it: the memo's cluster must not grow with them)."""
+    other = cluster.copy()
+    other._state_ids = dict(cluster._state_ids)  # noqa: SLF001 - see the docstring
+    other.version = cluster.version
+    return other
+
+
+def _base_cluster(state: ClusterState, memo: SnapshotMemo) -> Cluster:
+    """The Nodes' cluster without pods, rebuilt when a Node changed."""
+    revision = state.revisions.get("nodes", 0)
+    if memo.base is None or memo.nodes_revision != revision:
+        nodes = []
+        for key, _ in state.items("nodes"):
+            node = state.parsed("nodes", key, _parse_node)
+            if isinstance(node, _Unparsable):
+                _report("nodes", key, "", node.reason)
+                continue
+            nodes.append(node)
+        memo.base = Cluster.from_nodes(nodes)
+        memo.nodes_revision = revision
+        memo.bound, memo.sequence, memo.bindings = None, [], []
+    return memo.base
+
+
+def _bind(cluster: Cluster, sequence: list[tuple[str, PodRequest]], names: list[Key]) -> list[Binding | None]:
+    out: list[Binding | None] = []
+    for (node, request), (namespace, pod_name) in zip(sequence, names):
+        try:
+            out.append(cluster.bind(node, request))
+        except ValueError as exc:
+            logger.debug("pod %s/%s does not fit its node in the model: %s", namespace, pod_name, exc)
+            out.append(None)
+    return out
+
+
+def _cluster_with_pods(state: ClusterState, memo: SnapshotMemo) -> tuple[Cluster, list[tuple[Key, Binding | None,
+                                                                                         tuple[tuple[str, str, str], ...]]]]:
+    """A fresh cluster with every live pod bound to its node (in cache order), and per such pod its key, binding
+    and owners."""
+    base = _base_cluster(state, memo)
+    sequence: list[tuple[str, PodRequest]] = []
+    pods: list[tuple[Key, tuple[tuple[str, str, str], ...]]] = []
+    for key, _ in state.items("pods"):
+        facts = state.parsed("pods", key, _PodFacts, slot=SLOT)
+        if not facts.live or facts.node not in base or not isinstance(facts.request, PodRequest):
+            continue
+        sequence.append((facts.node, facts.request))
+        pods.append((key, facts.owners))
+    known = len(memo.sequence)
+    if memo.bound is not None and len(sequence) >= known and sequence[:known] == memo.sequence:
+        if len(sequence) > known:  # pods appended since: bound on top, as a build from scratch binds them
+            bound = _detached_copy(memo.bound)
+            added = _bind(bound, sequence[known:], [key for key, _ in pods[known:]])
+            memo.bound, memo.sequence, memo.bindings = bound, sequence, memo.bindings + added
+    else:
+        bound = _detached_copy(base)
+        bindings = _bind(bound, sequence, [key for key, _ in pods])
+        memo.bound, memo.sequence, memo.bindings = bound, sequence, bindings
+    assert memo.bound is not None
+    return _detached_copy(memo.bound), [(key, binding, owners)
+                                        for (key, owners), binding in zip(pods, memo.bindings)]
+
+
+def _pending(facts: _WorkloadFacts, info: WorkloadInfo, raw: Mapping[str, Any], now: float) -> Pending:
+    cached = facts.pending
+    if cached is not None and cached.workload is info:
+        return cached
+    count, not_before = wl.requeue_state(raw)
+    queued = wl.queued_at(raw)
+    pending = Pending(workload=info, queued_at=queued or now, requeue_count=count, not_before=not_before)
+    if queued:  # (without a timestamp it is queued since `now`: not kept)
+        facts.pending = pending
+    return pending
+
+
+def _admitted(facts: _WorkloadFacts, entry: Entry, owned: list[tuple[str, Binding]], now: float) -> Admitted:
+    info = entry.info
+    assert info is not None
+    owned_key = tuple(owned)
+    cached = facts.admitted
+    if cached is not None and cached[0] is info and cached[1] == owned_key:
+        return cached[2]
+    if facts.admission is None:
+        admission = entry.workload["status"]["admission"]
+        facts.admission = (str(admission.get("clusterQueue") or ""), wl.placements_of(admission),
+                           wl.usage_of(admission), wl.reserved_at(entry.workload), wl.is_evicting(entry.workload))
+    cluster_queue, base_placements, usage, reserved, evicting = facts.admission
+    bindings = [b for _, b in owned]
+    placements = list(base_placements)
+    if len(placements) == 1:  # one podset (a Job): every pod of the object belongs to it
+        placements[0] = replace(placements[0], nodes=tuple(b.node for b in bindings))
+    else:
+        placements = [replace(p, nodes=tuple(b.node for podset, b in owned if podset == p.name))
+                      for p in placements]
+    admitted = Admitted(
+        workload=replace(info, cluster_queue=cluster_queue),
+        cluster_queue=cluster_queue,
+        admitted_at=reserved or now,
+        usage=usage,
+        podsets=tuple(placements),
+        bindings=tuple(bindings),
+        evicted=evicting,
+    )
+    if reserved:  # (without a timestamp it is admitted at `now`: not kept)
+        facts.admitted = (info, owned_key, admitted)
+    return admitted
+
+
+def _tree_and_usage(state: ClusterState, memo: SnapshotMemo, cluster_queues: list[ClusterQueue],
+                    cohorts: list[Cohort], admitted: list[Admitted]) -> tuple[QuotaTree, Usage]:
+    """The quota tree (rebuilt when a ClusterQueue's or Cohort's name or spec changed: status writes do not
+    count) and its usage by `admitted`: moved from the last build's by the charges that changed (a
+    ClusterQueue's usage and its cohorts' depend only on what it holds in total, not on the order of
+    admissions)."""
+    key = (tuple(sorted(((q.name, q.spec) for q in cluster_queues), key=lambda pair: pair[0])),
+           tuple(sorted(((c.name, c.spec) for c in cohorts), key=lambda pair: pair[0])))
+    tree = memo.tree
+    if tree is None or memo.tree_key != key:
+        tree = QuotaTree(cluster_queues, cohorts)
+        memo.tree, memo.tree_key, memo.usage, memo.charges = tree, key, None, {}
+    charges = {a.key: (a.cluster_queue, a.usage) for a in admitted}
+    if memo.usage is None:
+        usage = Usage.of_admitted(tree, [(a.cluster_queue, dict(a.usage)) for a in admitted])
+    else:
+        before = memo.charges
+        released = [old for k, old in before.items() if not _same_charge(charges.get(k), old)]
+        added = [new for k, new in charges.items() if not _same_charge(before.get(k), new)]
+        usage = memo.usage.release_many(released).admit_many(added) if released or added else memo.usage
+    memo.usage, memo.charges = usage, charges
+    return tree, usage
+
+
+def _same_charge(a: tuple[str, Mapping[FlavorResource, int]] | None,
+                 b: tuple[str, Mapping[FlavorResource, int]] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a[0] == b[0] and (a[1] is b[1] or a[1] == b[1])
+
+
+def build_cycle(state: ClusterState, now: float, config: Configuration | None = None, seed: int = 0,
+                memo: SnapshotMemo | None = None) -> Cycle:
+    """The snapshot of `state` at `now` (see the module docstring); `memo` defaults to the state's own."""
+    if memo is None:
+        memo = memo_of(state)
     flavors = {f.name: f for f in objects_of(state, "resourceflavors")}
     topologies = {t.name: t for t in objects_of(state, "topologies")}
     classes = {c.name: c for c in objects_of(state, "workloadpriorityclasses")}
 
-    nodes = []
-    for key, raw in state.items("nodes"):
-        node = state.parsed("nodes", key, _parse_node)
-        if isinstance(node, _Unparsable):
-            _report("nodes", key, "", node.reason)
-            continue
-        nodes.append(node)
-    cluster = Cluster.from_nodes(nodes)
-
     entries: dict[str, Entry] = {}
     skipped: dict[str, str] = {}
-    admitted_raw: dict[str, tuple[Entry, dict[str, Any]]] = {}
+    holding: dict[str, tuple[_WorkloadFacts, Entry]] = {}
     by_owner: dict[tuple[str, str, str], str] = {}
     pending: list[Pending] = []
+    queued: dict[str, float] = {}
+    synced = state.synced
     for (namespace, name), raw in state.items("workloads"):
         key = f"{namespace}/{name}"
-        found = integrations.owner_of(raw)
-        integration, owner = (found[0], found[1]) if found else (None, None)
+        facts = state.parsed("workloads", (namespace, name), _WorkloadFacts, slot=SLOT)
+        integration, owner = facts.integration, facts.owner
         job = state.get(integration.plural, namespace, owner) if integration and owner else None
-        entry = Entry(key=key, workload=raw, job=job, integration=integration, owner=owner)
-        entries[key] = entry
         if integration and owner:
             by_owner[(integration.plural, namespace, owner)] = key
-        unwatched = integration is not None and integration.plural not in state.synced
-        if wl.is_finished(raw) or (job is None and not (unwatched and wl.holds_quota(raw))):
+        unwatched = integration is not None and integration.plural not in synced
+        info: WorkloadInfo | None = None
+        if not (facts.finished or (job is None and not (unwatched and facts.holds))):
+            parsed = facts.parsed
+            if parsed is None:
+                parsed = facts.parsed = state.parsed("workloads", (namespace, name), _parse_workload)
+            if isinstance(parsed, _Unparsable):
+                skipped[key] = parsed.reason
+                _report("workloads", (namespace, name), str((raw.get("metadata") or {}).get("resourceVersion")),
+                        parsed.reason)
+            else:
+                priority = resolve_priority(facts.spec_priority, parsed.priority_class, classes)
+                info = facts.info
+                if info is None or info.priority != priority:
+                    info = facts.info = replace(parsed, priority=priority)
+        entry = facts.entry
+        if entry is None or entry.workload is not raw or entry.job is not job or entry.info is not info:
+            entry = facts.entry = Entry(key=key, workload=raw, job=job, info=info, integration=integration,
+                                        owner=owner)
+        entries[key] = entry
+        if info is None:
             continue
-        info = state.parsed("workloads", (namespace, name), _parse_workload)
-        if isinstance(info, _Unparsable):
-            skipped[key] = info.reason
-            _report("workloads", (namespace, name), str((raw.get("metadata") or {}).get("resourceVersion")), info.reason)
-            continue
-        info = replace(info, priority=resolve_priority((raw.get("spec") or {}).get("priority"),
-                                                       info.priority_class, classes))
-        entry.info = info
-        if wl.holds_quota(raw):
-            admitted_raw[key] = (entry, raw["status"]["admission"])
-        elif wl.is_active(raw):
-            count, not_before = wl.requeue_state(raw)
-            pending.append(Pending(workload=info, queued_at=wl.queued_at(raw) or now, requeue_count=count,
-                                   not_before=not_before))
+        if facts.holds:
+            holding[key] = (facts, entry)
+        elif facts.active:
+            waiting = _pending(facts, info, raw, now)
+            pending.append(waiting)
+            queued[key] = waiting.queued_at
 
     # Live pods occupy their nodes; those of admitted workloads are remembered as their bindings.
+    cluster, pods = _cluster_with_pods(state, memo)
     bound: dict[str, list[tuple[str, Binding]]] = {}
-    for (namespace, pod_name), pod in state.items("pods"):
-        if not pod_is_live(pod):
+    for (namespace, _), binding, owners in pods:
+        if binding is None:
             continue
-        node = pod["spec"]["nodeName"]
-        if node not in cluster:
-            continue
-        request = state.parsed("pods", (namespace, pod_name), _parse_pod_request)
-        if isinstance(request, _Unparsable):
-            continue
-        try:
-            binding = cluster.bind(node, request)
-        except ValueError as exc:
-            logger.debug("pod %s/%s does not fit its node in the model: %s", namespace, pod_name, exc)
-            continue
-        for integration in integrations.ALL:
-            found = integration.pod_owner(pod)
-            owner = by_owner.get((integration.plural, namespace, found[0])) if found else None
-            if found is not None and owner is not None and owner in admitted_raw:
-                bound.setdefault(owner, []).append((found[1], binding))
+        for plural, owner_name, podset in owners:
+            owner_key = by_owner.get((plural, namespace, owner_name))
+            if owner_key is not None and owner_key in holding:
+                bound.setdefault(owner_key, []).append((podset, binding))
                 break
 
-    admitted: list[Admitted] = []
-    for key, (entry, admission) in admitted_raw.items():
-        assert entry.info is not None
-        owned = bound.get(key, [])
-        bindings = [b for _, b in owned]
-        placements = wl.placements_of(admission)
-        if len(placements) == 1:  # one podset (a Job): every pod of the object belongs to it
-            placements[0] = replace(placements[0], nodes=tuple(b.node for b in bindings))
-        else:
-            placements = [replace(p, nodes=tuple(b.node for podset, b in owned if podset == p.name))
-                          for p in placements]
-        admitted.append(Admitted(
-            workload=replace(entry.info, cluster_queue=str(admission.get("clusterQueue") or "")),
-            cluster_queue=str(admission.get("clusterQueue") or ""),
-            admitted_at=wl.reserved_at(entry.workload) or now,
-            usage=wl.usage_of(admission),
-            podsets=tuple(placements),
-            bindings=tuple(bindings),
-            evicted=wl.is_evicting(entry.workload),
-        ))
+    admitted = [_admitted(facts, entry, bound.get(key, []), now) for key, (facts, entry) in holding.items()]
 
-    snapshot = build_snapshot(
+    cluster_queues = objects_of(state, "clusterqueues")
+    tree, usage = _tree_and_usage(state, memo, cluster_queues, objects_of(state, "cohorts"), admitted)
+    snapshot = Snapshot(  # as scheduler.snapshot.build_snapshot makes it, with the tree and usage kept
         now=now,
         cluster=cluster,
-        cluster_queues=objects_of(state, "clusterqueues"),
-        cohorts=objects_of(state, "cohorts"),
-        flavors=flavors.values(),
-        local_queues=objects_of(state, "localqueues"),
+        tree=tree,
+        usage=usage,
+        flavors=dict(flavors),
+        cluster_queues={q.name: q for q in cluster_queues},
+        local_queues={(q.namespace, q.name): q for q in objects_of(state, "localqueues")},
         admitted=admitted,
         pending=pending,
-        topologies=topologies.values(),
-        config=config,
+        topologies=dict(topologies),
+        config=config or Configuration(),
         seed=seed,
     )
-    return Cycle(snapshot=snapshot, entries=entries, flavors=flavors, topologies=topologies, skipped=skipped)
+    return Cycle(snapshot=snapshot, entries=entries, flavors=flavors, topologies=topologies, skipped=skipped,
+                 queued=queued)
 
 
 def placement_for(cycle: Cycle, key: str) -> PodSetPlacement | None:

@@ -10,8 +10,12 @@ resourceVersion (versions are compared as integers when both are, which etcd gua
 otherwise the newest arrival wins). Optimistic concurrency on every Workload status write
 is the safety net behind it.
 
-Parsing (pydantic) is memoised per (resource, key, resourceVersion), so a cycle over
-thousands of unchanged Workloads does not re-validate them.
+Parsing (pydantic) and whatever else a reader derives from one object is memoised per
+(resource, key, resourceVersion) and slot (`parsed`), so a cycle over thousands of unchanged
+Workloads does not re-validate them; `revisions` counts the changes of each resource, so that
+a reader can keep what it derived from a whole resource (the Nodes' cluster, the parsed
+ClusterQueues, ...) until the next change; `derived` holds such readers' memory
+(`admission.snapshot` keeps its incremental snapshot there).
 """
 
 from __future__ import annotations
@@ -77,8 +81,12 @@ class ClusterState:
         self.synced: set[str] = set()
         self.revision = 0
         """Bumped on every change; the loop compares it to know whether anything happened."""
+        self.revisions: dict[str, int] = {}
+        """Per resource plural, bumped on every change of one of its objects (0 before any)."""
         self.changed = asyncio.Event()
-        self._parsed: dict[tuple[str, Key], tuple[str, Any]] = {}
+        self.derived: dict[str, Any] = {}
+        """What readers keep between reads of this state, by reader (see `admission.snapshot`)."""
+        self._parsed: dict[tuple[str, Key], dict[str, tuple[str, Any]]] = {}
 
     # --- feeding -------------------------------------------------------------------------------
 
@@ -104,7 +112,7 @@ class ClusterState:
             if current is not None and resource_version(current) == resource_version(obj) and current == obj:
                 return False
             store[key] = obj
-        self._touch()
+        self._touch(plural)
         return True
 
     def store(self, plural: str, obj: dict[str, Any] | None) -> None:
@@ -115,17 +123,18 @@ class ClusterState:
     def forget(self, plural: str, key: Key) -> None:
         if self.objects.get(plural, {}).pop(key, None) is not None:
             self._parsed.pop((plural, key), None)
-            self._touch()
+            self._touch(plural)
 
     def replace_all(self, plural: str, items: Iterable[dict[str, Any]]) -> None:
         """The result of a full LIST: merged with what watches delivered meanwhile (newer wins)."""
         for item in items:  # the listing never deletes: a DELETED event will
             self.apply(plural, None, item)
         self.synced.add(plural)
-        self._touch()
+        self._touch(plural)
 
-    def _touch(self) -> None:
+    def _touch(self, plural: str) -> None:
         self.revision += 1
+        self.revisions[plural] = self.revisions.get(plural, 0) + 1
         self.changed.set()
 
     # --- reading -------------------------------------------------------------------------------
@@ -139,15 +148,24 @@ class ClusterState:
     def values(self, plural: str) -> list[dict[str, Any]]:
         return list(self.objects.get(plural, {}).values())
 
-    def parsed(self, plural: str, key: Key, parse: Callable[[dict[str, Any]], T]) -> T:
-        """`parse(obj)` memoised on the object's resourceVersion; exceptions are not memoised."""
+    def parsed(self, plural: str, key: Key, parse: Callable[[dict[str, Any]], T], slot: str = "") -> T:
+        """`parse(obj)` memoised on the object's resourceVersion; exceptions are not memoised.
+
+        One value per object and `slot`: readers deriving different things from one object use a slot
+        each. The value must depend on nothing but the object: it is recomputed when the object's
+        resourceVersion changes (on every call for an object without one) and dropped with the object."""
         obj = self.objects[plural][key]
-        rv = resource_version(obj)
-        cached = self._parsed.get((plural, key))
-        if cached is not None and cached[0] == rv and rv:
-            return cached[1]  # type: ignore[no-any-return]
+        meta = obj.get("metadata")
+        rv = str(meta.get("resourceVersion") or "") if meta else ""
+        slots = self._parsed.get((plural, key))
+        if slots is None:
+            slots = self._parsed[(plural, key)] = {}
+        else:
+            cached = slots.get(slot)
+            if cached is not None and cached[0] == rv and rv:
+                return cached[1]  # type: ignore[no-any-return]
         value = parse(obj)
-        self._parsed[(plural, key)] = (rv, value)
+        slots[slot] = (rv, value)
         return value
 
     def pods_of_job(self) -> dict[Key, list[dict[str, Any]]]:

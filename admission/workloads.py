@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from admission.placement import expand, node_plans, record_nodes
 from quotas.api import ResourceFlavor, Topology, Workload
 from quotas.bundle import without_nulls
 from quotas.jobs import workload_from_job
@@ -35,6 +36,8 @@ FINISHED = "Finished"
 # Eviction reasons (Kueue's WorkloadEvictedBy...)
 EVICTED_BY_PREEMPTION = "Preempted"
 EVICTED_BY_PODS_READY_TIMEOUT = "PodsReadyTimeout"
+EVICTED_BY_DEACTIVATION = "InactiveWorkload"
+"""A user (or waitForPodsReady's backoff limit) set `spec.active: false` on an admitted Workload."""
 
 
 def now_rfc3339(at: float) -> str:
@@ -149,7 +152,9 @@ def topology_of(placement: PodSetPlacement, flavors: Mapping[str, ResourceFlavor
 
 def admission_record(admission: Admission, workload: WorkloadInfo, flavors: Mapping[str, ResourceFlavor],
                      topologies: Mapping[str, Topology]) -> dict[str, Any]:
-    """`status.admission` for a decision: per podset its flavors, count, usage and topology domain.
+    """`status.admission` for a decision: per podset its flavors, count, usage, topology domain and,
+    where the placement carries one node per pod (a plan: `admission.placement.planned`), the
+    pods per node (`nodes`).
 
     Per-podset usage is what admission charged for that podset: the flavored resources of
     its pods at the admitted count (their sum over podsets is `admission.usage`).
@@ -174,6 +179,8 @@ def admission_record(admission: Admission, workload: WorkloadInfo, flavors: Mapp
                     "levels": levels,
                     "domains": [{"values": list(placement.domain), "count": placement.count}],
                 }
+        if placement.nodes and len(placement.nodes) == placement.count:
+            entry["nodes"] = record_nodes(placement.nodes)
         assignments.append(entry)
     return {"clusterQueue": admission.cluster_queue, "podSetAssignments": assignments}
 
@@ -193,8 +200,10 @@ def usage_of(admission: Mapping[str, Any]) -> dict[FlavorResource, int]:
 
 
 def placements_of(admission: Mapping[str, Any]) -> list[PodSetPlacement]:
-    """The podset placements an admission record describes (without nodes: the pods tell those)."""
+    """The podset placements an admission record describes; `nodes` is the recorded plan (one node per
+    pod, `admission.placement`), empty without one (the snapshot replaces it by the pods' nodes)."""
     out = []
+    plans = node_plans(admission)
     for assignment in admission.get("podSetAssignments") or []:
         domain = None
         topo = assignment.get("topologyAssignment") or {}
@@ -205,6 +214,7 @@ def placements_of(admission: Mapping[str, Any]) -> list[PodSetPlacement]:
             name=str(assignment.get("name") or "main"),
             count=int(assignment.get("count") or 0),
             flavors=dict(assignment.get("flavors") or {}),
+            nodes=expand(plans.get(str(assignment.get("name") or "main"), {})),
             domain=domain,
         ))
     return out
@@ -283,7 +293,10 @@ def released_status(workload_raw: Mapping[str, Any], now: str, requeue_at: float
     message = str(evicted.get("message") or "")
     conditions = set_condition(conditions_of(workload_raw), QUOTA_RESERVED, False, reason, f"Quota released: {message}", now)
     conditions = _flip_off(conditions, ADMITTED, reason, "The workload was evicted", now)
-    conditions = set_condition(conditions, REQUEUED, True, reason, "Requeued after eviction", now)
+    if is_active(workload_raw):
+        conditions = set_condition(conditions, REQUEUED, True, reason, "Requeued after eviction", now)
+    else:  # deactivated: out of the queue until spec.active is true again
+        conditions = set_condition(conditions, REQUEUED, False, EVICTED_BY_DEACTIVATION, "The workload is deactivated", now)
     status["conditions"] = conditions
     status["admission"] = None
     if requeue_count is not None:

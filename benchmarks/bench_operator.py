@@ -155,12 +155,15 @@ def bench_cluster(fast: bool = True) -> Any:
 # --- the operator, in a child process -------------------------------------------------------------
 
 
-def operator_main(url: str, policy: str, ledger_url: str | None, conn: Any) -> None:
-    """Child process: run the operator until told to stop; send back its CPU time, RSS and counters."""
-    asyncio.run(_operator(url, policy, ledger_url, conn))
+def operator_main(url: str, policy: str, ledger_url: str | None, conn: Any, profile: str | None = None) -> None:
+    """Child process: run the operator until told to stop; send back its CPU time, RSS and counters.
+
+    With `profile`, the operator's event loop thread is profiled (cProfile) from the moment it is ready until
+    it is told to stop, and the statistics are dumped to that file (`python -m pstats FILE`)."""
+    asyncio.run(_operator(url, policy, ledger_url, conn, profile))
 
 
-async def _operator(url: str, policy: str, ledger_url: str | None, conn: Any) -> None:
+async def _operator(url: str, policy: str, ledger_url: str | None, conn: Any, profile: str | None = None) -> None:
     import kopf
 
     from admission.logs import configure_logging
@@ -177,11 +180,21 @@ async def _operator(url: str, policy: str, ledger_url: str | None, conn: Any) ->
         if task.done():
             task.result()
         await asyncio.sleep(0.05)
+    phases = time_phases(operator.controller)
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     cpu_at_ready = common.cpu_seconds()
     conn.send({"ready": True})
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, conn.recv)  # the driver says: measured, stop
     cpu_at_stop = common.cpu_seconds()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile)
     controller = operator.controller
     stats = {
         "cpu_s": cpu_at_stop - cpu_at_ready,
@@ -190,10 +203,36 @@ async def _operator(url: str, policy: str, ledger_url: str | None, conn: Any) ->
         "passes": controller.passes,
         "queue_status_patches": getattr(getattr(controller, "queue_status", None), "patches", 0),
         "policy": getattr(controller.policy, "name", policy),
+        "phases_s": {name: list(values) for name, values in phases.items()},
     }
     operator.stop.set()
     await asyncio.wait_for(task, timeout=30)
     conn.send(stats)
+
+
+PHASES = ("reconcile", "sync_workloads", "sync_jobs", "schedule")
+"""The controller's pass and its three steps, timed (wall clock, API round trips included)."""
+
+
+def time_phases(controller: Any) -> dict[str, list[float]]:
+    """Wrap the controller's pass and steps so that each call's wall time is recorded, from now on."""
+    timings: dict[str, list[float]] = {name: [] for name in PHASES}
+
+    def timed(name: str) -> None:
+        method = getattr(controller, name)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                timings[name].append(time.perf_counter() - started)
+
+        setattr(controller, name, wrapper)  # the instance attribute shadows the method for `self.<name>()`
+
+    for name in PHASES:
+        timed(name)
+    return timings
 
 
 # --- the users, in this process ------------------------------------------------------------------
@@ -262,7 +301,8 @@ async def drive(url: str, jobs: int, teams: int, rate: float, concurrency: int, 
 
 
 def measure(jobs: int, policy: str, rate: float, *, teams: int = 4, concurrency: int = 16,
-            timeout: float = 600.0, ledger: bool = True, fast_emulator: bool = True) -> dict[str, Any]:
+            timeout: float = 600.0, ledger: bool = True, fast_emulator: bool = True,
+            profile: str | None = None) -> dict[str, Any]:
     """One run on a fresh emulator and a fresh operator process: the driver's timings and the operator's costs."""
     from admission.kube import USER_AGENT
 
@@ -279,7 +319,8 @@ def measure(jobs: int, policy: str, rate: float, *, teams: int = 4, concurrency:
         ledger_url = f"sqlite:///{Path(tmp) / 'ledger.sqlite'}" if ledger else None
         context = multiprocessing.get_context("spawn")  # the emulator's thread must not be forked
         parent, child = context.Pipe()
-        process = context.Process(target=operator_main, args=(cluster.url, policy, ledger_url, child), daemon=True)
+        process = context.Process(target=operator_main, args=(cluster.url, policy, ledger_url, child, profile),
+                                  daemon=True)
         process.start()
         try:
             if not parent.poll(120):
@@ -379,6 +420,27 @@ def render(runs: Sequence[dict[str, Any]], args: argparse.Namespace) -> str:
                                "p50 by tenth", "requests"], detail_rows,
                               right=[False, False, True, True, True, False, False]),
     ]
+    if any(r.get("phases_s", {}).get("reconcile") for r in runs):
+        phase_rows = []
+        for r in runs:
+            phases = r.get("phases_s", {})
+            row = [f"`{r['policy']}`", rate_label(r["rate"])]
+            for name in PHASES:
+                values = phases.get(name) or []
+                row.append(" / ".join(common.duration(common.percentile(values, q)) for q in (50, 99))
+                           + f" / {common.duration(max(values, default=float('nan')))}")
+            row.append(f"{sum(phases.get('reconcile') or []):.1f} s")
+            phase_rows.append(row)
+        lines += [
+            "",
+            "Controller passes (wall time p50 / p99 / max, API round trips included, until the last Job started): "
+            "the whole pass and its three steps (Workloads for Jobs, Job states, scheduling cycles), and the time "
+            "spent in passes:",
+            "",
+            common.markdown_table(["policy", "arrivals", "pass", "sync_workloads", "sync_jobs", "schedule",
+                                   "in passes"], phase_rows,
+                                  right=[False, False, True, True, True, True, True]),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -408,6 +470,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--plain-emulator", action="store_true",
                     help="kmock's per-request scans as they are (the emulator, not the operator, then dominates)")
     ap.add_argument("--out", default=None, help="result file (default benchmarks/results/operator[_quick].md)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="cProfile the operator process of each run into DIR/<policy>-<rate>.prof (profiling slows it: "
+                         "the latencies of such a run are not comparable)")
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.jobs = args.jobs or (100 if args.quick else 1000)
@@ -415,8 +480,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for policy in [p.strip() for p in args.policies.split(",") if p.strip()]:
         for rate in [float(r) for r in args.rates.split(",") if r.strip()]:
             print(f"{policy}, {rate_label(rate)}: {args.jobs:,} Jobs ...", file=sys.stderr, flush=True)
+            profile = None
+            if args.profile:
+                Path(args.profile).mkdir(parents=True, exist_ok=True)
+                profile = str(Path(args.profile) / f"{policy}-{rate:g}.prof")
             run = measure(args.jobs, policy, rate, teams=args.teams, concurrency=args.concurrency,
-                          timeout=args.timeout, fast_emulator=not args.plain_emulator)
+                          timeout=args.timeout, fast_emulator=not args.plain_emulator, profile=profile)
             runs.append(run)
             print(f"  started {run['started']}/{run['jobs']}, p50 {run['p50_s']:.3f} s, p99 {run['p99_s']:.3f} s, "
                   f"max {run['max_s']:.3f} s, operator CPU {run['cpu_s']:.1f} s, peak RSS {run['peak_rss_mib']:.0f} MiB",

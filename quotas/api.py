@@ -349,12 +349,21 @@ class TopologyAssignment(ApiModel):
     domains: list[TopologyDomainAssignment]
 
 
+class NodeAssignment(ApiModel):
+    """Pods of a podset planned on one node (by a policy that places pods: `tessera`)."""
+
+    name: ObjectName
+    count: int = Field(ge=1)
+
+
 class PodSetAssignment(ApiModel):
     name: LabelName
     flavors: dict[str, ObjectName] = Field(default_factory=dict)
     resource_usage: dict[str, Quantity] = Field(default_factory=dict)
     count: int | None = Field(default=None, ge=0)
     topology_assignment: TopologyAssignment | None = None
+    nodes: list[NodeAssignment] | None = None
+    """The per-pod placement plan as pods per node; the operator ungates each pod onto one of them."""
 
 
 class Admission(ApiModel):

@@ -551,3 +551,25 @@ async def test_admission_fair_sharing_admits_the_less_used_local_queue_first(
         await user.finish("heavy")
         await until(lambda: _started_job(user, "newcomer"), what="newcomer started first")
         assert not started(await user.job("again"))
+
+
+# --- 10. stopping admitted work ----------------------------------------------------------------
+
+
+async def test_deactivating_an_admitted_workload_evicts_it_and_keeps_it_out_of_the_queue(
+        cluster: EmulatedCluster, user: User) -> None:
+    await setup_queues(user, quota=8)
+    async with running(cluster, period=0.2):
+        await user.create(job("ns", "first", "lq", gpus=8))
+        await until(lambda: _started_job(user, "first"), what="first started")
+        await user.create(job("ns", "second", "lq", gpus=8))
+        await until(lambda: _pending_message(user, "second"), what="second pending")
+        await user.patch(WORKLOADS, "ns", "job-first", {"spec": {"active": False}})
+        await until(lambda: _suspended_job(user, "first"), what="first suspended")
+        await until(lambda: _started_job(user, "second"), what="second admitted in its place")
+        stopped = await user.workload("first")
+        assert condition(stopped, "Evicted")["reason"] == "InactiveWorkload"
+        assert condition(stopped, "QuotaReserved")["status"] == "False"
+        assert condition(stopped, "Requeued")["status"] == "False"
+        await asyncio.sleep(0.5)  # several passes: it is not requeued, nothing takes the quota back
+        assert started(await user.job("second")) and not started(await user.job("first"))

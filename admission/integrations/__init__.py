@@ -11,7 +11,8 @@ inside a Job, a JobSet or a Deployment; they ask its integration:
 | the Workload, owned by the object | `workload_manifest` |
 | hold it at creation | `mutation` (the mutating webhook `/<webhook_id>`) |
 | is it held / hold it again (restoring its templates) | `is_held`, `hold` |
-| release it on an admission, per podset (node selector, tolerations) | `release`, `is_started`, `admitted_change` |
+| release it on an admission, per podset (node selector, tolerations; the placement gate with a per-pod plan) | `release`, `is_started`, `admitted_change` |
+| ungate its pods onto the plan's nodes (`admission.placement`) | `placement_change`, `honours_plans` |
 | is it finished, are its pods gone, are its pods ready | `finished`, `active_pods`, `pods_ready` |
 | which object (and podset) a pod belongs to | `pod_owner` |
 

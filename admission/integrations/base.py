@@ -10,7 +10,10 @@ Admission injects, per podset, the admitted flavors' `nodeLabels` and the topolo
 labels as `nodeSelector` and the flavors' `tolerations` into the podset's pod template, after
 saving the template's original `nodeSelector` and `tolerations` in the object's
 `tessera.dev/original-pod-template` annotation (JSON, keyed by podset name for the kinds with
-several podsets); holding the object again restores them from there.
+several podsets); holding the object again restores them from there. A podset admitted with a
+per-pod plan (`admission.placement`) also gets the scheduling gate `tessera.dev/placement` in
+its template, taken off again when the object is held; `Integration.placement_change` ungates
+its pods onto the planned nodes.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import copy
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
 from admission import jobs as jb
+from admission import placement as pl
 from admission import workloads as wl
 from admission.kube import Resource
 from quotas.api import MAX_PODSETS, PodSet, ResourceFlavor, Topology
@@ -55,6 +59,9 @@ class Change:
     """Names of pods of the object to delete (graceful deletion; their controller replaces them)."""
     starts: bool = False
     """This change lets the object's pods run under an admission (the `Started` event)."""
+    unplaced: list[str] = field(default_factory=list)
+    """Pods among `pod_patches` ungated without a planned node (no planned node could take them):
+    the controller posts a `PlacementFallback` Warning Event."""
 
     def __bool__(self) -> bool:
         return self.patch is not None or bool(self.pod_patches) or bool(self.pod_deletions)
@@ -76,6 +83,9 @@ class Integration(ABC):
     """The Event reason posted on the object when Tessera holds it again (eviction)."""
     uses_pods: ClassVar[bool] = False
     """Whether it reads the object's pods; the others get no pods (their controller's status tells enough)."""
+    honours_plans: ClassVar[bool] = True
+    """Whether its pods follow a policy's per-pod plan (template gate, `placement_change`); if not, no plan
+    is recorded for its Workloads and kube-scheduler places the pods within the admitted flavor."""
 
     @property
     def plural(self) -> str:
@@ -156,6 +166,35 @@ class Integration(ABC):
         if held:
             return self.release(obj, pods, placements, flavors, topologies)
         return None
+
+    def placement_change(self, obj: Obj, pods: Pods, placements: Sequence[PodSetPlacement],
+                         flavors: Mapping[str, ResourceFlavor], topologies: Mapping[str, Topology],
+                         available: Collection[str] | None = None) -> Change | None:
+        """For a running object admitted with a per-pod plan (`placements[i].nodes`): ungate its pods
+        held by the placement gate onto their planned nodes (`admission.placement.match_pods`), or
+        with the podset's node selector only when no planned node can take them (`Change.unplaced`);
+        None when no pod waits. `available`: the nodes that exist and are schedulable."""
+        if not any(pl.is_gated(p) for p in pods):
+            return None
+        by_podset: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in pods:
+            found = self.pod_owner(pod)
+            name = placements[0].name if len(placements) == 1 else (found[1] if found else None)
+            if name is not None:
+                by_podset.setdefault(name, []).append(pod)
+        patches: list[tuple[str, dict[str, Any]]] = []
+        unplaced: list[str] = []
+        for placement in placements:
+            podset_pods = by_podset.get(placement.name, [])
+            if not any(pl.is_gated(p) for p in podset_pods):
+                continue
+            labels, _ = jb.admission_selector(placement, flavors, wl.topology_of(placement, flavors, topologies))
+            for match in pl.match_pods(podset_pods, pl.plan_counts(placement.nodes), placement.count, labels,
+                                       available):
+                patches.append((match.pod, match.patch))
+                if match.node is None:
+                    unplaced.append(match.pod)
+        return Change(pod_patches=patches, unplaced=unplaced) if patches else None
 
     # --- progress -------------------------------------------------------------------------------
 
@@ -253,7 +292,8 @@ def admitted_fields(original: Mapping[str, Any], placement: PodSetPlacement, fla
 
 
 def pod_spec_merge_patch(pod_spec: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch turning the pod spec's `nodeSelector` and `tolerations` into `wanted` ({} if equal)."""
+    """A merge patch turning the pod spec's `nodeSelector` and `tolerations` (and `schedulingGates`, when
+    `wanted` names them) into `wanted` ({} if equal)."""
     patch: dict[str, Any] = {}
     selector = jb._selector_patch(pod_spec.get("nodeSelector") or {}, wanted.get("nodeSelector") or {})
     if selector is not jb._UNCHANGED:
@@ -261,13 +301,25 @@ def pod_spec_merge_patch(pod_spec: Mapping[str, Any], wanted: Mapping[str, Any])
     tolerations = list(wanted.get("tolerations") or [])
     if list(pod_spec.get("tolerations") or []) != tolerations:
         patch["tolerations"] = tolerations or None
+    if "schedulingGates" in wanted:
+        gates = list(wanted.get("schedulingGates") or [])
+        if list(pod_spec.get("schedulingGates") or []) != gates:
+            patch["schedulingGates"] = gates or None
     return patch
 
 
+def with_gate(pod_spec: Mapping[str, Any], fields: Mapping[str, Any], gated: bool) -> dict[str, Any]:
+    """`fields` plus the pod spec's scheduling gates with the placement gate added (`gated`) or removed."""
+    return {**fields, "schedulingGates": pl.template_gates(pod_spec, gated)}
+
+
 def with_fields(pod_spec: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
-    """The pod spec with `nodeSelector` and `tolerations` replaced by `wanted` (empty ones removed)."""
+    """The pod spec with `nodeSelector` and `tolerations` (and `schedulingGates`, when `wanted` names them)
+    replaced by `wanted` (empty ones removed)."""
     out = copy.deepcopy(dict(pod_spec))
-    for key in ("nodeSelector", "tolerations"):
+    for key in ("nodeSelector", "tolerations", "schedulingGates"):
+        if key == "schedulingGates" and key not in wanted:
+            continue
         value = wanted.get(key)
         if value:
             out[key] = copy.deepcopy(value)
@@ -318,7 +370,8 @@ class SuspendableIntegration(Integration):
 
     @abstractmethod
     def templates_patch(self, obj: Obj, wanted: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-        """The merge patch giving each podset in `wanted` those `nodeSelector` and `tolerations` ({} if none change)."""
+        """The merge patch giving each podset in `wanted` those `nodeSelector` and `tolerations` (and
+        `schedulingGates`, when named) ({} if none change)."""
 
     def mutation(self, obj: Obj) -> dict[str, Any] | None:
         if not self.is_managed(obj) or self.is_suspended(obj):
@@ -340,7 +393,9 @@ class SuspendableIntegration(Integration):
     def release(self, obj: Obj, pods: Pods, placements: Sequence[PodSetPlacement],
                 flavors: Mapping[str, ResourceFlavor], topologies: Mapping[str, Topology]) -> Change:
         originals = self.originals(obj)
-        wanted = {p.name: admitted_fields(originals[p.name], p, flavors, topologies)
+        specs = self.pod_specs(obj)
+        wanted = {p.name: with_gate(specs.get(p.name) or {}, admitted_fields(originals[p.name], p, flavors, topologies),
+                                    bool(p.nodes))
                   for p in placements if p.name in originals}
         saved = json.dumps(originals, sort_keys=True)
         annotation = {"metadata": {"annotations": {ORIGINAL_TEMPLATE_ANNOTATION: saved}}}
@@ -350,8 +405,12 @@ class SuspendableIntegration(Integration):
     def hold(self, obj: Obj, pods: Pods) -> Change:
         saved = saved_originals(obj)
         patch = self.suspend_patch(True)
+        specs = self.pod_specs(obj)
+        restore = {name: with_gate(spec, saved[name] if saved is not None and name in saved else pod_fields(spec),
+                                   False)
+                   for name, spec in specs.items() if (saved is not None and name in saved) or pl.has_gate(spec)}
+        if restore:
+            patch = merge(patch, self.templates_patch(obj, restore))
         if saved is not None:
-            restore = {name: fields for name, fields in saved.items() if name in self.pod_specs(obj)}
-            patch = merge(patch, self.templates_patch(obj, restore),
-                          {"metadata": {"annotations": {ORIGINAL_TEMPLATE_ANNOTATION: None}}})
+            patch = merge(patch, {"metadata": {"annotations": {ORIGINAL_TEMPLATE_ANNOTATION: None}}})
         return Change(patch=patch)

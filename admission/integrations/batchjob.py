@@ -4,7 +4,9 @@ Held by `spec.suspend`; one podset `main` of `parallelism` pods (at most `comple
 partial admission from `tessera.dev/job-min-parallelism` (`quotas.jobs.workload_from_job`,
 the simulator's reading too); released by `admission.jobs.admission_patch` (template patch,
 lowered `parallelism` for partial admission, the original saved in the annotation); finished
-from the `Complete` / `Failed` conditions. Jobs owned by a JobSet are the JobSet's: they are
+from the `Complete` / `Failed` conditions. With a per-pod plan the template is also gated
+(`tessera.dev/placement`) and the pods are ungated onto their nodes
+(`Integration.placement_change`, `admission.placement`). Jobs owned by a JobSet are the JobSet's: they are
 neither queued nor mutated on their own.
 """
 
@@ -56,7 +58,8 @@ class BatchJob(Integration):
                 flavors: Mapping[str, ResourceFlavor], topologies: Mapping[str, Topology]) -> Change:
         placement = placements[0]  # a Job has one podset
         topology = wl.topology_of(placement, flavors, topologies)
-        return Change(patch=jb.admission_patch(obj, placement, flavors, topology), starts=True)
+        return Change(patch=jb.admission_patch(obj, placement, flavors, topology, gate=bool(placement.nodes)),
+                      starts=True)
 
     def finished(self, obj: Obj) -> tuple[str, str] | None:
         return jb.finished(obj)

@@ -132,6 +132,7 @@ class DeploymentIntegration(Integration):
     pod_webhook_id = "mutate-pod"
     hold_event = "Stopped"
     uses_pods = True
+    honours_plans = False  # its pods are ungated at admission by the admission gate, placed by kube-scheduler
 
     @property
     def list_selector(self) -> str:
