@@ -28,14 +28,18 @@ import asyncio
 import datetime
 import itertools
 import threading
+import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp.web
 import attrs
 import kmock
 from kmock._internal import enums
+
+T = TypeVar("T")
 
 # Every resource the operator reads or writes, with its kind, scope and verbs (for discovery).
 CORE_RESOURCES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
@@ -453,3 +457,26 @@ def replica_pod(deployment_obj: dict[str, Any], index: int, template_hash: str =
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "controller": True,
                                               "name": f"{meta['name']}-{template_hash}", "uid": "rs-uid"}]},
             "spec": dict(template["spec"]), "status": {"phase": "Pending"}}
+
+
+# --- waiting in tests ----------------------------------------------------------------------------
+
+
+async def until(probe: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``probe`` until it returns something truthy (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def condition(workload: Mapping[str, Any] | None, kind: str) -> dict[str, Any]:
+    """The condition of type ``kind`` of an object, {} when it has none."""
+    for cond in ((workload or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == kind:
+            return dict(cond)
+    return {}

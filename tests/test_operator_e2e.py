@@ -28,6 +28,8 @@ from admission.kube import API_CALLS, JOBS, LEASES, USER_AGENT, WORKLOADS, KubeA
 from admission.leader import LeaderElector, micro_time
 from admission.operator import Operator, OperatorConfig
 from admission.testing import (
+    condition,
+    until,
     GPU,
     EmulatedCluster,
     cluster_queue,
@@ -102,23 +104,8 @@ class User:
             {"type": "Complete", "status": "True", "lastTransitionTime": micro_time(time.time())}]}}, "status")
 
 
-async def until(probe: Callable[[], Awaitable[T]], timeout: float = 8.0, what: str = "condition") -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-def condition(workload: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    for cond in ((workload or {}).get("status") or {}).get("conditions") or []:
-        if cond["type"] == kind:
-            return cond
-    return {}
 
 
 def started(j: dict[str, Any]) -> bool:
@@ -377,10 +364,11 @@ async def test_webhooks_metrics_and_health_over_http(cluster: EmulatedCluster, u
         async def scraped() -> str | None:
             async with session.get(metrics_url) as r:
                 text = await r.text()
-            return text if 'tessera_admitted_workloads_total{cluster_queue="cq"} 1.0' in text else None
+            # the usage gauges follow on the pass after the admission (admission/scheduling.py)
+            usage = 'tessera_cluster_queue_resource_usage{cluster_queue="cq",flavor="a100",resource="nvidia.com/gpu"} 1.0'
+            return text if 'tessera_admitted_workloads_total{cluster_queue="cq"} 1.0' in text and usage in text else None
 
-        text = await until(scraped, what="admission counted in /metrics")
-        assert 'tessera_cluster_queue_resource_usage{cluster_queue="cq",flavor="a100",resource="nvidia.com/gpu"} 1.0' in text
+        text = await until(scraped, what="admission and usage counted in /metrics")
         assert "tessera_scheduling_cycle_seconds_count" in text
         health = f"http://127.0.0.1:{ports['health_port']}"
         async with session.get(f"{health}/healthz") as r:

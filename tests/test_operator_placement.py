@@ -31,6 +31,8 @@ from admission.operator import Operator, OperatorConfig
 from admission.snapshot import build_cycle
 from admission.state import ClusterState
 from admission.testing import (
+    condition,
+    until,
     GPU,
     EmulatedCluster,
     cluster_queue,
@@ -365,22 +367,8 @@ WPC_R = Resource("tessera.dev", "v1alpha1", "workloadpriorityclasses", False)
 NODES_R = Resource("", "v1", "nodes", False)
 
 
-async def until(probe: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-def condition(workload: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    for cond in ((workload or {}).get("status") or {}).get("conditions") or []:
-        if cond["type"] == kind:
-            return cond
-    return {}
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from admission.queue_status import (
 )
 from admission.snapshot import build_cycle
 from admission.state import ClusterState
-from admission.testing import GPU, EmulatedCluster, cluster_queue, flavor, job, local_queue, node
+from admission.testing import condition, until, GPU, EmulatedCluster, cluster_queue, flavor, job, local_queue, node
 from quotas.api import ClusterQueue, LocalQueue
 from scheduler.workload import parse_timestamp
 
@@ -341,15 +341,6 @@ async def test_a_restarted_writer_does_not_rewrite_a_status_the_api_already_show
 # --- the real operator against the emulator ---------------------------------------------------
 
 
-async def until(probe: Callable[[], Awaitable[T]], timeout: float = 10.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 @pytest.fixture
