@@ -38,11 +38,14 @@ Placement rules (``scoring``):
   `scheduler.placement.place_podset` with ``policy.scorer_for(snapshot)`` and
   ``policy.rng_for(snapshot)`` (kube-scheduler scoring, random tie-break).
 * ``tessera`` (both): the CP-SAT solver is NOT used (``scheduler.solver`` has no batch
-  placement API); arrivals are placed by a fragmentation-aware rule: FGD's integer score over
-  the trace's (cpu, memory, GPU) task distribution (memory too, because the cluster enforces
-  it) and the seeded node-order tie-break; with ``batch`` > 1, each window of up to 16
-  arrivals is placed in arrival order or GPU-shares-first order (`_batch_rank`), whichever
-  places more GPU, then adds less fragmentation.
+  placement API); arrivals are placed by a fragmentation-aware rule (`TesseraFillScorer`):
+  FGD's integer score over the trace's (cpu, GPU) task distribution, exactly as ``fgd``, with
+  its ties broken by the least growth of `Stranding` (GPU the node's free CPU cannot carry at
+  the distribution's CPU per GPU) plus `RepeatFit` (the free GPU each task class could not use
+  even if copies of it filled the node), both over the (cpu, memory, GPU) task distribution,
+  then by the seeded node order; with ``batch`` > 1, each window of up to 16 arrivals is placed
+  in arrival order or GPU-shares-first order (`_batch_rank`), whichever places more GPU, then
+  adds less fragmentation.
 
 Speed: filtering is vectorised over nodes (`_NodeArrays`), and a pod shape's score on a node
 is memoised under (scorer static key, node state id), so only node states a shape has not
@@ -56,7 +59,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,7 +69,7 @@ from quotas.units import MILLI
 from scheduler.affinity import NodeConstraints
 from scheduler.cluster import DEVICE_MILLI, GPU_RESOURCE, Cluster, NodeInfo, PodRequest, device_shape
 from scheduler.decisions import Policy, make_policy
-from scheduler.fgd import FGDScorer, TaskDistribution, node_fragmentation
+from scheduler.fgd import FGDScorer, TaskClass, TaskDistribution, node_fragmentation
 from scheduler.placement import RandomScorer, Scorer, candidate_nodes, place_podset
 from scheduler.snapshot import Pending, Snapshot, build_snapshot
 from scheduler.workload import PodSetInfo
@@ -81,6 +84,9 @@ __all__ = [
     "FillPod",
     "FillRun",
     "PaperBestFit",
+    "RepeatFit",
+    "Stranding",
+    "TesseraFillScorer",
     "allocation_at",
     "arrival_order",
     "default_levels",
@@ -287,6 +293,196 @@ class PaperBestFit(Scorer):
         return float(int((1.0 - (0.5 * cpu_left / PAPER_MAX_SPEC_CPU + 0.5 * gpu_left / PAPER_MAX_SPEC_GPU)) * 100))
 
 
+# --- tessera's fill-mode rule ------------------------------------------------------------------
+
+TESSERA_LOOKAHEAD: tuple[str, ...] = ("stranding", "repeat")
+"""The measures whose summed growth breaks ties of FGD's integer score for ``tessera`` (then the node
+order): ``stranding`` (`Stranding`) and ``repeat`` (`RepeatFit`), both in milli-GPU."""
+TESSERA_STRANDING_RESOURCES: tuple[str, ...] = ("cpu",)
+"""The resources `Stranding` weighs against free GPU (adding memory measured no better)."""
+_MEASURES = ("stranding", "repeat")
+
+
+def _gpu_classes(dist: TaskDistribution, gpu_resource: str) -> list[TaskClass]:
+    """The distribution's task classes that use the accelerator's devices (whole GPUs or a share of one)."""
+    return [c for c in dist.classes if c.request.get(gpu_resource) > 0 and device_shape(c.request.get(gpu_resource))]
+
+
+class Stranding:
+    """GPU that a node's CPU (or other resources) cannot carry: ``max(0, g - free_r / rho_r)`` over r.
+
+    ``g`` is the node's free GPU (milli, all devices) and ``rho_r`` the task distribution's mean
+    request of r per milli-GPU over its GPU tasks (popularity-weighted: on openb about 10.5 CPU
+    per GPU). A node whose free CPU is below ``g x rho_cpu`` will, as typical GPU tasks fill it,
+    run out of CPU before its GPUs are taken: that many GPUs are expected to stay stranded. FGD
+    sees this only once a task class no longer fits at all.
+    """
+
+    def __init__(self, dist: TaskDistribution, gpu_resource: str = GPU_RESOURCE,
+                 resources: Sequence[str] = ("cpu",)) -> None:
+        classes = _gpu_classes(dist, gpu_resource)
+        gpu = sum(c.popularity * c.request.get(gpu_resource) for c in classes)
+        rho = {r: sum(c.popularity * c.request.get(r) for c in classes) / gpu for r in resources} if gpu else {}
+        self.rho = {r: v for r, v in rho.items() if v > 0}
+        """Mean request per milli-GPU of the GPU tasks, per resource they request."""
+
+    def value(self, gpu_free: float, free: Mapping[str, int]) -> float:
+        worst = 0.0
+        for resource, rho in self.rho.items():
+            worst = max(worst, gpu_free - free[resource] / rho)
+        return worst
+
+
+class RepeatFit:
+    """Repeat-fit fragmentation of a node: ``sum_m p_m (g - min(g, k_m x gpu_m))`` over the GPU task classes m.
+
+    ``g`` is the node's free GPU and ``k_m`` how many more copies of class m the node could take,
+    counting its devices (for a share, ``sum_d floor(free_d / share)``; for whole GPUs,
+    ``floor(whole free devices / count)``), its free CPU and memory, and its labels (a class that
+    may not run there takes 0): the free GPU class m could not use even if it filled the node
+    alone. FGD counts a class's whole free GPU only when not one copy fits, and otherwise only the
+    devices too small for it; this also counts what the last copy leaves (a GPU holding two 470m
+    shares strands 60m; a node whose CPU carries three more 1-GPU tasks of 11.3 CPU strands its
+    other free GPUs). Memoised on (free resources, free devices, classes allowed); vectorised over classes.
+    """
+
+    def __init__(self, dist: TaskDistribution, gpu_resource: str = GPU_RESOURCE) -> None:
+        self.gpu = gpu_resource
+        self.classes = _gpu_classes(dist, gpu_resource)
+        self.resources = tuple(sorted({r for c in self.classes for r in c.request if r != gpu_resource}))
+        self.popularity = np.array([c.popularity for c in self.classes], dtype=np.float64)
+        self.total = float(self.popularity.sum())
+        shapes = [device_shape(c.request.get(gpu_resource)) or (1, DEVICE_MILLI) for c in self.classes]
+        self.count = np.array([s[0] for s in shapes], dtype=np.int64)
+        self.per = np.array([s[1] for s in shapes], dtype=np.int64)
+        self.share = self.per < DEVICE_MILLI
+        self.request = self.count * self.per
+        needs = [np.array([c.request.get(r) for c in self.classes], dtype=np.int64) for r in self.resources]
+        self._divisor = [np.maximum(n, 1) for n in needs]
+        self._unlimited = [np.where(n > 0, 0, _UNLIMITED_PODS) for n in needs]
+        self._by_devices: dict[tuple[int, ...], np.ndarray] = {}
+        self._by_free: list[dict[int, np.ndarray]] = [{} for _ in self.resources]
+        self._access_ids: dict[bytes, int] = {}
+        self._weights: list[np.ndarray] = []
+        self._node_access: dict[str, int] = {}
+        self._memo: dict[tuple[tuple[int, ...], tuple[int, ...], int], float] = {}
+
+    def access(self, node: NodeInfo) -> int:
+        """Interned id of which classes may run on the node (labels, taints)."""
+        found = self._node_access.get(node.name)
+        if found is None:
+            allowed = np.array([c.constraints.unconstrained or (c.constraints.matches_labels(node.labels, node.name)
+                                                                and c.constraints.tolerates(node.taints))
+                                for c in self.classes], dtype=bool)
+            found = self._access_ids.setdefault(allowed.tobytes(), len(self._access_ids))
+            if found == len(self._weights):
+                self._weights.append(self.popularity * allowed)
+            self._node_access[node.name] = found
+        return found
+
+    def value(self, free: tuple[int, ...], devices: tuple[int, ...], access: int) -> float:
+        """The measure for free amounts of `resources`, free device amounts (descending) and an `access` id."""
+        key = (free, devices, access)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        g = sum(devices)
+        value = 0.0
+        if g and len(self.classes):
+            k = self._by_devices.get(devices)
+            if k is None:
+                dev = np.array(devices, dtype=np.int64)
+                by_share = (dev[None, :] // self.per[:, None]).sum(axis=1)
+                by_whole = int((dev == DEVICE_MILLI).sum()) // self.count
+                k = self._by_devices[devices] = np.where(self.share, by_share, by_whole)
+            for j, have in enumerate(free):
+                cache = self._by_free[j]
+                limit = cache.get(have)
+                if limit is None:
+                    limit = cache[have] = max(have, 0) // self._divisor[j] + self._unlimited[j]
+                k = np.minimum(k, limit)
+            value = float(g * self.total - self._weights[access] @ np.minimum(k * self.request, g))
+        if len(self._memo) > 1_000_000:
+            self._memo.clear()
+            self._by_devices.clear()
+            for cache in self._by_free:
+                cache.clear()
+        self._memo[key] = value
+        return value
+
+    def of(self, node: NodeInfo) -> float:
+        """The measure of a node as it is."""
+        free = tuple(node.free(r) for r in self.resources)
+        return self.value(free, tuple(sorted(node.devices.get(self.gpu, ()), reverse=True)), self.access(node))
+
+
+class TesseraFillScorer(FGDScorer):
+    """tessera's fill-mode rule: FGD's integer score (`evaluate`, as ``fgd`` scores), and `tie_breaks`.
+
+    Among the nodes with the best score, the least `growth` of the lookahead measures (`Stranding`
+    plus `RepeatFit`, milli-GPU, rounded to 1 milli) when the pod lands there (a share on the
+    device FGD chose) wins; then the first in node order. ``dist`` is FGD's task distribution
+    (over CPU and GPU, as ``fgd``); ``lookahead`` the one the measures use (CPU, memory and GPU).
+    """
+
+    name = "TesseraFill"
+
+    def __init__(self, dist: TaskDistribution, lookahead: TaskDistribution | None = None,
+                 gpu_resource: str = GPU_RESOURCE, measures: Sequence[str] = TESSERA_LOOKAHEAD,
+                 stranding_resources: Sequence[str] = TESSERA_STRANDING_RESOURCES) -> None:
+        super().__init__(dist, gpu_resource, reference_scoring=True)
+        unknown = [m for m in measures if m not in _MEASURES]
+        if unknown:
+            raise ValueError(f"lookahead measures must be among {_MEASURES}, got {tuple(measures)}")
+        self.measures = tuple(measures)
+        lookahead = lookahead or dist
+        self.stranding = Stranding(lookahead, gpu_resource, stranding_resources)
+        self.repeat = RepeatFit(lookahead, gpu_resource)
+
+    def devices_after(self, node: NodeInfo, pod: PodRequest, prefer: Mapping[str, int] | None) -> list[int]:
+        """The node's free device amounts once ``pod`` is bound with ``prefer`` (the devices `Cluster.bind` takes)."""
+        devices = list(node.devices.get(self.gpu_resource, ()))
+        if pod.get(self.gpu_resource):
+            for resource, index, amount in node.choose_devices(pod, prefer):
+                if resource == self.gpu_resource:
+                    devices[index] -= amount
+        return devices
+
+    def stranding_growth(self, node: NodeInfo, pod: PodRequest) -> float:
+        """How much `Stranding` grows (milli-GPU) if ``pod`` lands on ``node`` (the device does not matter)."""
+        gpu = sum(node.devices.get(self.gpu_resource, ()))
+        free = {r: node.free(r) for r in self.stranding.rho}
+        left = {r: amount - pod.get(r) for r, amount in free.items()}
+        return self.stranding.value(gpu - pod.get(self.gpu_resource), left) - self.stranding.value(gpu, free)
+
+    def repeat_growth(self, node: NodeInfo, pod: PodRequest, prefer: Mapping[str, int] | None = None) -> float:
+        """How much `RepeatFit` grows (milli-GPU) if ``pod`` lands on ``node`` (a share on the device ``prefer`` names)."""
+        model = self.repeat
+        access = model.access(node)
+        free = tuple(node.free(r) for r in model.resources)
+        left = tuple(amount - pod.get(r) for amount, r in zip(free, model.resources, strict=True))
+        after = tuple(sorted(self.devices_after(node, pod, prefer), reverse=True))
+        return model.value(left, after, access) - model.of(node)
+
+    def growth(self, node: NodeInfo, pod: PodRequest, prefer: Mapping[str, int] | None = None) -> float:
+        """The summed growth of the lookahead measures if ``pod`` lands on ``node``."""
+        total = 0.0
+        if "stranding" in self.measures:
+            total += self.stranding_growth(node, pod)
+        if "repeat" in self.measures:
+            total += self.repeat_growth(node, pod, prefer)
+        return total
+
+    def tie_break(self, node: NodeInfo, pod: PodRequest, prefer: Mapping[str, int] | None = None) -> float:
+        """Higher is better: minus `growth`, rounded to 1 milli-GPU (so near-equal growths tie and go to node order)."""
+        return -float(round(self.growth(node, pod, prefer)))
+
+    @property
+    def tie_breaks(self) -> tuple[Callable[[NodeInfo, PodRequest, Mapping[str, int] | None], float], ...]:
+        """The stages that break ties of `evaluate` (`FillRun` evaluates them only for the tied nodes)."""
+        return (self.tie_break,) if self.measures else ()
+
+
 def _distribution(pods: Sequence[FillPod], resources: Sequence[str] | None) -> TaskDistribution:
     return TaskDistribution.from_requests(((p.request, p.constraints) for p in pods), resources=resources)
 
@@ -448,6 +644,9 @@ class FillRun:
         self._arrays: _NodeArrays | None = None
         self._pools: dict[NodeConstraints, np.ndarray] = {}
         self._scores: dict[PodRequest, tuple[np.ndarray, dict[int, Any]]] = {}
+        self._tie_breaks: tuple[Callable[[NodeInfo, PodRequest, Any], float], ...] = getattr(self.scorer, "tie_breaks", ())
+        """Stages that break ties of the score (tessera), each with its memo table."""
+        self._tie_scores: list[dict[PodRequest, tuple[np.ndarray, dict[int, Any]]]] = [{} for _ in self._tie_breaks]
         self._memo_floats = 0
         self._frag_dist: TaskDistribution | None = None
         self._frag_memo: dict[int, float] = {}
@@ -484,7 +683,7 @@ class FillRun:
         name = self.policy_name
         assert self.pods is not None
         if name == "tessera":
-            return FGDScorer(_distribution(self.pods, None), reference_scoring=True), "order"
+            return TesseraFillScorer(_distribution(self.pods, ("cpu", GPU_RESOURCE)), _distribution(self.pods, None)), "order"
         scorer_for = getattr(self.policy, "scorer_for", None)
         if self.config.scoring == "policy":
             if scorer_for is None:
@@ -546,6 +745,8 @@ class FillRun:
                 values[j] = scores[key]
             values[~fits] = _NEG_INF
             best = int(np.argmax(values))  # the first in node order among the best scores
+            if self._tie_breaks:
+                best = self._break_tie(request, pool, keys, values, best, prefs)
             chosen = int(pool[best])
             prefer = prefs.get(int(keys[best]))
         node = arrays.nodes[chosen]
@@ -554,22 +755,50 @@ class FillRun:
         arrays.update(chosen)
         return _Outcome(node.name)
 
-    def _memo(self, request: PodRequest, size: int) -> tuple[np.ndarray, dict[int, Any]]:
+    def _break_tie(self, request: PodRequest, pool: np.ndarray, keys: np.ndarray, values: np.ndarray, best: int,
+                   prefs: dict[int, Any]) -> int:
+        """Among the nodes with the best score, the first in node order that is best on the scorer's
+        tie-break stages, one stage after the other (each memoised like the scores, and evaluated only
+        for the nodes still tied)."""
+        tied = np.flatnonzero(values == values[best])
+        nodes = self.arrays.nodes
+        for stage, table in zip(self._tie_breaks, self._tie_scores, strict=True):
+            if len(tied) < 2:
+                break
+            seconds, _ = self._memo(request, self.arrays.keys_seen, table)
+            tied_keys = keys[tied]
+            second = seconds[tied_keys]
+            unknown = np.flatnonzero(np.isnan(second))
+            if len(unknown):
+                for j, key, node in zip(unknown.tolist(), tied_keys[unknown].tolist(), pool[tied[unknown]].tolist(), strict=True):
+                    value = seconds[key]
+                    if value != value:  # NaN: not evaluated yet (two tied nodes may share a memo key)
+                        value = seconds[key] = stage(nodes[node], request, prefs.get(key))
+                    second[j] = value
+            tied = tied[second == second.max()]
+        return int(tied[0])
+
+    def _memo(self, request: PodRequest, size: int,
+              table: dict[PodRequest, tuple[np.ndarray, dict[int, Any]]] | None = None) -> tuple[np.ndarray, dict[int, Any]]:
         """Score per memo key (NaN: not evaluated yet) and the scorer's device preference, for one pod shape."""
-        found = self._scores.get(request)
+        if table is None:
+            table = self._scores
+        found = table.get(request)
         if found is not None and len(found[0]) >= size:
             return found
         grown = np.full(max(size * 2, 1024), np.nan)
         self._memo_floats += len(grown) - (len(found[0]) if found is not None else 0)
         if self._memo_floats > _MEMO_LIMIT:  # bound the memory: forget every shape's scores
             self._scores.clear()
+            for table in self._tie_scores:
+                table.clear()
             self._memo_floats = len(grown)
             found = None
         prefs: dict[int, Any] = {}
         if found is not None:
             grown[: len(found[0])] = found[0]
             prefs = found[1]
-        found = self._scores[request] = (grown, prefs)
+        found = table[request] = (grown, prefs)
         return found
 
     def _random_share(self, node: NodeInfo, request: PodRequest) -> tuple[tuple[str, int, int], ...] | None:
@@ -744,8 +973,9 @@ class FillRun:
 
 
 _PLACEMENT_NOTES: dict[tuple[str, str], str] = {
-    ("tessera", "*"): "fragmentation-aware rule (FGD integer score over the (cpu, memory, GPU) task distribution, "
-                      "node-order tie-break; batches: the better of two orders per 16 arrivals); not the CP-SAT solver",
+    ("tessera", "*"): "fragmentation-aware rule (FGD integer score; ties: least growth of stranded GPU plus "
+                      "repeat-fit fragmentation, then node order; batches: the better of two orders per 16 arrivals); "
+                      "not the CP-SAT solver",
     ("random", "paper"): "FGD artifact Random: uniform feasible node, random GPU for shares",
     ("bestfit", "paper"): "FGD artifact BestFit score, node-order tie-break",
     ("fgd", "paper"): "FGD artifact FGD score int(sigmoid(dF/1000)*100), node-order tie-break",

@@ -231,7 +231,9 @@ def test_choice_is_the_first_best_node_in_the_seeded_order(medium: Path, policy:
         for node in run.arrays.nodes:  # node order
             if node.fit_failure(pod.request) is not None:
                 continue
-            score, _ = run.scorer.evaluate(node, pod.request)
+            score, prefer = run.scorer.evaluate(node, pod.request)
+            if policy == "tessera":  # FGD's score, then the tie-break, compared as a pair
+                score = (score, run.scorer.tie_break(node, pod.request, prefer))
             if best_score is None or score > best_score:
                 best, best_score = node.name, score
         outcome = place(pod)
@@ -378,6 +380,120 @@ def test_tessera_batch_order() -> None:
     batch = [pod("cpu", 0), pod("one", 1000), pod("small", 250), pod("four", 4000), pod("half", 500)]
     order = sorted(range(len(batch)), key=lambda i: _batch_rank(batch[i], i))
     assert [batch[i].name for i in order] == ["half", "small", "four", "one", "cpu"]
+
+
+# --------------------------------------------------------------------------- tessera's tie-break
+
+# 40 pods: 1-GPU pods of 12 CPU (the common shape), CPU-heavy 1-GPU pods of 24 CPU, CPU-only pods of 8 CPU.
+TIE_PODS = "".join([f"g{i:02d},12000,16384,1,1000,\n" for i in range(30)]
+                   + [f"h{i:02d},24000,16384,1,1000,\n" for i in range(5)]
+                   + [f"c{i:02d},8000,16384,0,0,\n" for i in range(10)])
+
+
+def crafted_run(folder: Path, policy: str, nodes: str, order: list[str]):  # noqa: ANN201 - FillRun
+    """A fill run on ``nodes`` with the TIE_PODS distribution, nodes tried in ``order``, nothing placed yet."""
+    run = FillRun(setup_of(write_trace(folder, nodes, TIE_PODS)), policy, FillConfig(seed=1))
+    assert run._arrays is None  # noqa: SLF001 - the node order is read when the arrays are built
+    run.node_rank = {name: i for i, name in enumerate(order)}
+    return run
+
+
+def pod_named(run, name: str):  # noqa: ANN001, ANN201 - FillPod
+    return next(p for p in run.pods or [] if p.name == name)
+
+
+def test_tessera_sends_a_cpu_only_pod_where_the_gpus_are_taken(tmp_path: Path) -> None:
+    """FGD scores both nodes 50 (every task class still fits either way): fgd takes the first in node
+    order, the pristine node, and eats CPU its eight GPUs need (12 CPU per GPU); tessera's
+    stranding measure sends it to the node whose GPUs are all allocated."""
+    nodes = "a0,96000,393216,8,G2\na1,96000,393216,8,G2\n"
+    chosen = {}
+    for policy in ("fgd", "tessera"):
+        run = crafted_run(tmp_path / policy, policy, nodes, ["a0", "a1"])
+        run.cluster.bind("a1", PodRequest.of({"cpu": 8000, GPU_RESOURCE: 8000}))  # a1: no GPU left, 88 CPU free
+        pod = pod_named(run, "c00")
+        a0, a1 = run.cluster.node("a0"), run.cluster.node("a1")
+        assert run.scorer.evaluate(a0, pod.request)[0] == run.scorer.evaluate(a1, pod.request)[0] == 50
+        chosen[policy] = run._place(pod).node  # noqa: SLF001
+        if policy == "tessera":
+            scorer = run.scorer
+            assert scorer.stranding.rho["cpu"] == pytest.approx((30 * 12 + 5 * 24) / 35)
+            assert scorer.stranding_growth(a1, pod.request) == 0  # measured after the bind: a1 was chosen
+            assert scorer.growth(a1, pod.request) == 0
+    assert chosen == {"fgd": "a0", "tessera": "a1"}
+
+
+def test_tessera_sends_a_cpu_heavy_pod_to_the_cpu_rich_node(tmp_path: Path) -> None:
+    """A 1-GPU pod of 24 CPU: on the 8-GPU node (96 CPU) it leaves 72 CPU for 7 GPUs, fewer than
+    the 12-CPU pods need for all of them; on the 2-GPU node (104 CPU) nothing is stranded. FGD ties
+    (score 50 on both); tessera picks the CPU-rich node, fgd the first in node order."""
+    nodes = "a0,96000,393216,8,G2\nt0,104000,524288,2,T4\n"
+    chosen = {}
+    for policy in ("fgd", "tessera"):
+        run = crafted_run(tmp_path / policy, policy, nodes, ["a0", "t0"])
+        pod = pod_named(run, "h00")
+        a0, t0 = run.cluster.node("a0"), run.cluster.node("t0")
+        assert run.scorer.evaluate(a0, pod.request)[0] == run.scorer.evaluate(t0, pod.request)[0]
+        if policy == "tessera":
+            scorer = run.scorer
+            assert scorer.stranding_growth(a0, pod.request) > 0 == scorer.stranding_growth(t0, pod.request)
+            assert scorer.repeat_growth(a0, pod.request) > 0 == scorer.repeat_growth(t0, pod.request)
+            assert scorer.tie_break(t0, pod.request) > scorer.tie_break(a0, pod.request)
+        chosen[policy] = run._place(pod).node  # noqa: SLF001
+    assert chosen == {"fgd": "a0", "tessera": "t0"}
+
+
+def test_tessera_tie_break_only_among_the_best_fgd_scores(tmp_path: Path) -> None:
+    """The tie-break orders only the nodes tied on FGD's score: with a tie-break that prefers t0, a
+    pod still goes to a0 when FGD scores a0 higher, and to t0 when the two tie."""
+    nodes = "a0,96000,393216,8,G2\nt0,104000,524288,2,T4\n"
+    run = crafted_run(tmp_path, "tessera", nodes, ["a0", "t0"])
+    run._tie_breaks = (lambda node, pod, prefer: 1.0 if node.name == "t0" else 0.0,)  # noqa: SLF001
+    pod = pod_named(run, "h00")
+    a0, t0 = run.cluster.node("a0"), run.cluster.node("t0")
+    assert run.scorer.evaluate(a0, pod.request)[0] == run.scorer.evaluate(t0, pod.request)[0]
+    with run.cluster.what_if():
+        assert run._place(pod).node == "t0"  # noqa: SLF001
+    run._refresh(["a0", "t0"])  # noqa: SLF001 - the trial was rolled back
+    run.cluster.bind("t0", PodRequest.of({"cpu": 80000}))  # t0: 24 CPU left for 2 GPUs
+    # the pod would take t0's last CPU and strand its other GPU: FGD scores t0 lower now
+    assert run.scorer.evaluate(a0, pod.request)[0] > run.scorer.evaluate(t0, pod.request)[0]
+    run._refresh(["t0"])  # noqa: SLF001
+    assert run._place(pod).node == "a0"  # noqa: SLF001
+
+
+def test_tessera_forgetting_the_memo_changes_nothing(medium: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the memoised scores outgrow their bound they are all forgotten (scores and tie-break values
+    alike) and recomputed: the placements stay the same."""
+    import simulator.fill as fill
+
+    setup = setup_of(medium)
+    expected = run_fill(setup, "tessera", FillConfig(seed=3))
+    monkeypatch.setattr(fill, "_MEMO_LIMIT", 4096)
+    again = run_fill(setup, "tessera", FillConfig(seed=3))
+    assert [w.nodes for w in again.workloads] == [w.nodes for w in expected.workloads]
+
+
+def test_repeat_fit_counts_what_the_last_copy_leaves() -> None:
+    from scheduler.fgd import TaskDistribution
+    from simulator.fill import RepeatFit, Stranding
+
+    share = PodRequest.of({"cpu": 1000, GPU_RESOURCE: 470})
+    pair = PodRequest.of({"cpu": 4000, GPU_RESOURCE: 2000})
+    model = RepeatFit(TaskDistribution.of([(share, 3.0), (pair, 1.0)]))
+    assert model.resources == ("cpu",)
+    assert model.access(Cluster.make_node("n", {"cpu": 32000})) == 0  # both classes may run there
+    # one free GPU, plenty of CPU: two 470m shares fit and strand 60m; the 2-GPU class can use nothing
+    assert model.value((32000,), (1000,), 0) == pytest.approx(0.75 * 60 + 0.25 * 1000)
+    # three whole GPUs: shares use 6 x 470; the 2-GPU class one pair, stranding the third GPU
+    assert model.value((32000,), (1000, 1000, 1000), 0) == pytest.approx(0.75 * (3000 - 6 * 470) + 0.25 * 1000)
+    # CPU for one share only: the rest of the GPU is stranded for the shares too
+    assert model.value((1500,), (1000,), 0) == pytest.approx(0.75 * 530 + 0.25 * 1000)
+    assert model.value((32000,), (), 0) == 0.0
+    stranding = Stranding(TaskDistribution.of([(PodRequest.of({"cpu": 12000, GPU_RESOURCE: 1000}), 1.0)]))
+    assert stranding.rho == {"cpu": 12.0}
+    assert stranding.value(8000, {"cpu": 96000}) == 0
+    assert stranding.value(8000, {"cpu": 48000}) == pytest.approx(4000)
 
 
 def test_config_validation() -> None:

@@ -194,6 +194,8 @@ def cycle_view(cycle: Cycle) -> dict[str, Any]:
         "topologies": snap.topologies,
         "config": snap.config,
         "seed": snap.seed,
+        "namespace_labels": snap.namespace_labels,
+        "admission_fair_sharing": snap.admission_fair_sharing,
         "entries": {k: (e.key, id(e.workload), id(e.job) if e.job is not None else None,
                         repr(e.info) if e.info is not None else None, e.integration, e.owner)
                     for k, e in cycle.entries.items()},
