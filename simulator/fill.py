@@ -790,8 +790,8 @@ class FillRun:
         self._memo_floats += len(grown) - (len(found[0]) if found is not None else 0)
         if self._memo_floats > _MEMO_LIMIT:  # bound the memory: forget every shape's scores
             self._scores.clear()
-            for table in self._tie_scores:
-                table.clear()
+            for tie_table in self._tie_scores:
+                tie_table.clear()
             self._memo_floats = len(grown)
             found = None
         prefs: dict[int, Any] = {}
