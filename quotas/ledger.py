@@ -36,6 +36,7 @@ intervals for the same workload.
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -330,6 +331,25 @@ def _amount(name: str, value: Amount) -> float:
     return number
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the database in WAL mode, waiting out other processes doing the same.
+
+    SQLite answers "database is locked" at once, without its busy handler, when two
+    connections switch a new database's journal mode together, so the wait is ours.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+
 def _install_sqlite_pragmas(engine: Engine, in_memory: bool) -> None:
     """WAL, busy timeout, foreign keys; and SQLAlchemy (not pysqlite) emits BEGIN, IMMEDIATE for writes."""
     busy_ms = int(BUSY_TIMEOUT_SECONDS * 1000)
@@ -341,7 +361,7 @@ def _install_sqlite_pragmas(engine: Engine, in_memory: bool) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
             if not in_memory:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _switch_to_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:

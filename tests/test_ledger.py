@@ -337,9 +337,9 @@ def test_url_helpers(tmp_path: Path) -> None:
 
 
 def _writer(url: str, writer: int, count: int, barrier: Any) -> None:
-    barrier.wait()  # both open the (new) ledger at once: the migration races too
+    barrier.wait(timeout=60)  # both open the (new) ledger at once: the migration races too
     with Ledger(url) as db:
-        barrier.wait()  # and then write at the same time
+        barrier.wait(timeout=60)  # and then write at the same time
         for i in range(count):
             name = f"ns/w{writer}-{i}"
             db.record_admission(
@@ -358,12 +358,19 @@ def test_two_processes_writing_concurrently(tmp_path: Path) -> None:
     n = 150
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
-    processes = [context.Process(target=_writer, args=(url, writer, n, barrier)) for writer in (0, 1)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=120)
-        assert process.exitcode == 0
+    # Daemons, killed on the way out: a writer left waiting must not hold up the test run's exit.
+    processes = [context.Process(target=_writer, args=(url, writer, n, barrier), daemon=True) for writer in (0, 1)]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=180)
+        assert [process.exitcode for process in processes] == [0, 0]
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
     with Ledger(url) as db:
         assert db.count() == 2 * n
         now = 1000.0
