@@ -32,6 +32,8 @@ Quota
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
+from operator import mul
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -183,8 +185,11 @@ class _NodeFit:
     """Whether a count vector of pod shapes fits one node of a class, devices included.
 
     Devices are assigned exactly as the expansion will bind them (`Cluster.bind`): pods largest
-    first, whole-device pods on the lowest free devices, shares best-fit; CPU, memory and pod
-    room against the smallest amounts any member of the class has.
+    first, whole-device pods on fully free devices, shares best-fit; CPU, memory and pod room
+    against the smallest amounts any member of the class has. Only the multiset of device
+    amounts matters for what fits next, so whole-device pods just count fully free devices and
+    shares take the smallest amount that holds them. Answers are memoised per count vector:
+    pattern enumeration asks about the same vectors many times.
     """
 
     def __init__(self, cls: NodeClass, shapes: Sequence[PodRequest], accelerators: Iterable[str]) -> None:
@@ -192,40 +197,59 @@ class _NodeFit:
         self.shapes = list(shapes)
         self.devices = [list(cls.rep.devices.get(a, ())) for a in self.accel]
         self.others = sorted({r for pod in shapes for r in pod if r not in self.accel})
-        self.room = [cls.min_free.get(r, 0) for r in self.others]
-        self.need = [[pod.get(r) for r in self.others] for pod in shapes]
+        # per other resource: (what one pod of each shape needs, the room on the smallest member)
+        self.columns = [([pod.get(r) for pod in shapes], cls.min_free.get(r, 0)) for r in self.others]
         self.pods_room = cls.min_pods
         self.order = sorted(range(len(shapes)), key=lambda i: (-sum(shapes[i].get(a) for a in self.accel), i))
-        self.valid = all(device_shape(pod.get(a)) is not None for pod in shapes for a in self.accel)
+        dshapes = [[device_shape(pod.get(a)) for a in self.accel] for pod in shapes]
+        self.valid = all(d is not None for row in dshapes for d in row)
+        # per accelerator: fully free devices, the other non-empty amounts (sorted), and per shape
+        # in binding order (index, devices, milli each) for the shapes that use it
+        self.plan: list[tuple[int, list[int], list[tuple[int, int, int]]]] = []
+        if self.valid:
+            for k, devs in enumerate(self.devices):
+                uses = [(i, *dshapes[i][k]) for i in self.order if dshapes[i][k] not in ((0, 0), None)]  # type: ignore[misc]
+                full = sum(1 for d in devs if d == DEVICE_MILLI)
+                self.plan.append((full, sorted(d for d in devs if 0 < d < DEVICE_MILLI), uses))
+        self._memo: dict[tuple[int, ...], bool] = {}
 
     def __call__(self, counts: Sequence[int]) -> bool:
+        key = tuple(counts)
+        got = self._memo.get(key)
+        if got is None:
+            got = self._memo[key] = self._fits(key)
+        return got
+
+    def _fits(self, counts: tuple[int, ...]) -> bool:
         if self.pods_room is not None and sum(counts) > self.pods_room:
             return False
-        for k, room in enumerate(self.room):
-            if sum(c * need[k] for c, need in zip(counts, self.need)) > room:
+        for need, room in self.columns:
+            if sum(map(mul, counts, need)) > room:
                 return False
-        for a, devs0 in zip(self.accel, self.devices):
-            devs = list(devs0)
-            for i in self.order:
-                shape = device_shape(self.shapes[i].get(a))
-                if not counts[i] or shape is None or shape == (0, 0):
+        for full, partial, uses in self.plan:
+            amounts: list[int] | None = None
+            for i, many, per in uses:
+                n = counts[i]
+                if not n:
                     continue
-                many, per = shape
-                for _ in range(counts[i]):
-                    if per == DEVICE_MILLI:
-                        free = [j for j, d in enumerate(devs) if d == DEVICE_MILLI][:many]
-                        if len(free) < many:
-                            return False
-                        for j in free:
-                            devs[j] = 0
+                if per == DEVICE_MILLI:
+                    full -= many * n
+                    if full < 0:
+                        return False
+                    continue
+                if amounts is None:
+                    amounts = list(partial)
+                for _ in range(n):
+                    at = bisect_left(amounts, per)
+                    if at < len(amounts):
+                        left = amounts.pop(at) - per
+                    elif full > 0:
+                        full -= 1
+                        left = DEVICE_MILLI - per
                     else:
-                        best = -1
-                        for j, d in enumerate(devs):
-                            if d >= per and (best < 0 or d < devs[best]):
-                                best = j
-                        if best < 0:
-                            return False
-                        devs[best] -= per
+                        return False
+                    if left:
+                        insort(amounts, left)
         return True
 
 

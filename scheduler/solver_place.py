@@ -16,6 +16,7 @@ model, the fallback when the solver finds nothing, and the backfill pass after t
 from __future__ import annotations
 
 import heapq
+from bisect import insort
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,6 +116,9 @@ class _StateIndex:
     def __init__(self, names: Iterable[str], cluster: Cluster) -> None:
         self.by_state: dict[int, set[str]] = {}
         self.state_of: dict[str, int] = {}
+        self.ranked: dict[tuple[object, ...], tuple[list[tuple[float, int]], set[int]]] = {}
+        """Per pod shape: the states it fits, best score first (a valid heap), and every state already
+        looked at. A state's fit and score never change, so each is evaluated once per placer."""
         for n in names:
             sid = cluster.nodes[n].state_id
             self.by_state.setdefault(sid, set()).add(n)
@@ -248,35 +252,56 @@ class Placer:
         A state's fit and score do not change, only its members: the states are ranked in a heap
         once, a bind moves one node into a state that is ranked when it appears, and states left
         empty are dropped when they reach the top."""
-        heap: list[tuple[float, int]] = []
-        for sid, members in idx.by_state.items():
-            rep = next(iter(members))
-            if self._fit_state(pod, sid, rep) > 0:
-                heap.append((-self._score(pod, sid, rep), sid))
-        heapq.heapify(heap)
-        queued = {sid for _, sid in heap}
+        entry = idx.ranked.get(pod.items)
+        if entry is None:
+            entry = idx.ranked[pod.items] = ([], set())
+        ranked, seen = entry
+
+        def look(sid: int, name: str) -> tuple[float, int] | None:
+            seen.add(sid)
+            if self._fit_state(pod, sid, name) <= 0:
+                return None
+            item = (-self._score(pod, sid, name), sid)
+            insort(ranked, item)
+            return item
+
+        for sid in [sid for sid in idx.by_state if sid not in seen]:
+            look(sid, next(iter(idx.by_state[sid])))
+        heap = list(ranked)  # sorted, hence already a heap
+        emptied: dict[int, tuple[float, int]] = {}  # popped from this heap: no member left then
         names: list[str] = []
         bindings: list[Binding] = []
         nodes = self.cluster.nodes
-        for _ in range(count):
-            members = None
-            while heap:
-                members = idx.by_state.get(heap[0][1])
-                if members:
-                    break
-                queued.discard(heapq.heappop(heap)[1])
+        try:
+            for _ in range(count):
                 members = None
-            if members is None:
-                self._unbind(bindings)
-                return None
-            name = min(members)
-            bindings.append(self.cluster.bind(name, pod))
-            names.append(name)
-            self.touch((name,))
-            sid = nodes[name].state_id
-            if sid not in queued and self._fit_state(pod, sid, name) > 0:
-                heapq.heappush(heap, (-self._score(pod, sid, name), sid))
-                queued.add(sid)
+                while heap:
+                    members = idx.by_state.get(heap[0][1])
+                    if members:
+                        break
+                    item = heapq.heappop(heap)
+                    emptied[item[1]] = item
+                    members = None
+                if members is None:
+                    self._unbind(bindings)
+                    return None
+                name = min(members)
+                bindings.append(self.cluster.bind(name, pod))
+                names.append(name)
+                self.touch((name,))
+                sid = nodes[name].state_id
+                if sid not in seen:
+                    item = look(sid, name)
+                    if item is not None:
+                        heapq.heappush(heap, item)
+                elif sid in emptied:
+                    heapq.heappush(heap, emptied.pop(sid))
+        finally:
+            # states that stayed empty leave the ranking; if one comes back, it is looked at again
+            gone = {sid for sid in emptied if not idx.by_state.get(sid)}
+            if gone:
+                ranked[:] = [item for item in ranked if item[1] not in gone]
+                seen -= gone
         return names, bindings
 
     # --- placing one podset ------------------------------------------------------------------
