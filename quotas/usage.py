@@ -15,7 +15,7 @@ scheduler and the simulator can try what-ifs by keeping the old snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -119,32 +119,39 @@ class Usage:
     def admit(self, cluster_queue: NodeRef, amounts: Mapping[FlavorResource, int]) -> Usage:
         """The usage after ClusterQueue ``cluster_queue`` reserves ``amounts`` (no fit check:
         ask :meth:`QuotaTree.fits` first; Kueue also accounts overadmission this way)."""
-        node = self.tree.node(cluster_queue)
-        if not node.is_cluster_queue:
-            raise ValueError(f"{node!r} is not a ClusterQueue")
-        nodes = self.tree.nodes
-        new = list(self._by_node)
-        copies: dict[int, dict[FlavorResource, int]] = {}
-        for fr, val in amounts.items():
-            if val < 0:
-                raise ValueError(f"negative amount {val} for {fr}")
-            n = node
-            while val > 0:
-                cur = copies.get(n.id)
-                if cur is None:
-                    cur = copies[n.id] = dict(new[n.id])
-                    new[n.id] = cur
-                used = cur.get(fr, 0)
-                local = max(0, n.guaranteed.get(fr, 0) - used)
-                cur[fr] = used + val
-                if n.parent is None or val <= local:
-                    break
-                val -= local
-                n = nodes[n.parent]
-        return Usage(self.tree, tuple(new))
+
+        def reserve(n: Node, cur: dict[FlavorResource, int], fr: FlavorResource, val: int) -> int:
+            used = cur.get(fr, 0)
+            local = max(0, n.guaranteed.get(fr, 0) - used)
+            cur[fr] = used + val
+            return 0 if val <= local else val - local  # what the node's guarantee cannot hold moves up
+
+        return self._walk(cluster_queue, amounts, reserve)
 
     def release(self, cluster_queue: NodeRef, amounts: Mapping[FlavorResource, int]) -> Usage:
         """The usage after ClusterQueue ``cluster_queue`` frees ``amounts`` (the inverse of :meth:`admit`)."""
+
+        def free(n: Node, cur: dict[FlavorResource, int], fr: FlavorResource, val: int) -> int:
+            used = cur.get(fr, 0)
+            if used < val:
+                raise ValueError(f"{n!r} releases {val} of {fr} but uses only {used}")
+            stored_in_parent = used - n.guaranteed.get(fr, 0)
+            if used == val:
+                del cur[fr]
+            else:
+                cur[fr] = used - val
+            return 0 if stored_in_parent <= 0 else min(val, stored_in_parent)
+
+        return self._walk(cluster_queue, amounts, free)
+
+    def _walk(
+        self,
+        cluster_queue: NodeRef,
+        amounts: Mapping[FlavorResource, int],
+        step: Callable[[Node, dict[FlavorResource, int], FlavorResource, int], int],
+    ) -> Usage:
+        """Carry each amount from the ClusterQueue towards the root, copying only the nodes it
+        changes; ``step`` updates one node and returns what moves on to its parent (0: stop)."""
         node = self.tree.node(cluster_queue)
         if not node.is_cluster_queue:
             raise ValueError(f"{node!r} is not a ClusterQueue")
@@ -160,17 +167,9 @@ class Usage:
                 if cur is None:
                     cur = copies[n.id] = dict(new[n.id])
                     new[n.id] = cur
-                used = cur.get(fr, 0)
-                if used < val:
-                    raise ValueError(f"{n!r} releases {val} of {fr} but uses only {used}")
-                stored_in_parent = used - n.guaranteed.get(fr, 0)
-                if used == val:
-                    del cur[fr]
-                else:
-                    cur[fr] = used - val
-                if stored_in_parent <= 0 or n.parent is None:
+                val = step(n, cur, fr, val)
+                if n.parent is None:
                     break
-                val = min(val, stored_in_parent)
                 n = nodes[n.parent]
         return Usage(self.tree, tuple(new))
 

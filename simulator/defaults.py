@@ -60,6 +60,42 @@ DEFAULT_WORKLOAD_SPEC = "synthetic:jobs=500,load=1.2,gpus=512,queues=team-a|team
 CLUSTER_SOURCE = "<built-in cluster>"
 QUEUES_SOURCE = "<built-in queues>"
 
+_TEAM_QUEUES = """\
+---
+apiVersion: tessera.dev/v1alpha1
+kind: ClusterQueue
+metadata:
+  name: {team}
+spec:
+  cohort: all-teams
+  namespaceSelector: {{}}
+  preemption:
+    reclaimWithinCohort: Any
+    withinClusterQueue: LowerPriority
+  resourceGroups:
+    - coveredResources: ["cpu", "memory", "nvidia.com/gpu"]
+      flavors:
+        - name: h100
+          resources:
+            - name: cpu
+              nominalQuota: {cpu}
+            - name: memory
+              nominalQuota: {memory}
+            - name: nvidia.com/gpu
+              nominalQuota: {gpus}
+---
+apiVersion: tessera.dev/v1alpha1
+kind: LocalQueue
+metadata:
+  namespace: {team}
+  name: {team}
+spec:
+  clusterQueue: {team}
+"""
+
+_TEAM_SHARES = {"team-a": 4, "team-b": 2, "team-c": 2}
+"""Eighths of the cluster each team's nominal quota holds (half, a quarter, a quarter)."""
+
 DEFAULT_QUEUES_YAML = """\
 # Tessera's built-in queues: three teams sharing 64 x 8 H100 nodes (2 blocks x 4 racks) in one cohort.
 apiVersion: tessera.dev/v1alpha1
@@ -85,96 +121,10 @@ apiVersion: tessera.dev/v1alpha1
 kind: Cohort
 metadata:
   name: all-teams
----
-apiVersion: tessera.dev/v1alpha1
-kind: ClusterQueue
-metadata:
-  name: team-a
-spec:
-  cohort: all-teams
-  namespaceSelector: {}
-  preemption:
-    reclaimWithinCohort: Any
-    withinClusterQueue: LowerPriority
-  resourceGroups:
-    - coveredResources: ["cpu", "memory", "nvidia.com/gpu"]
-      flavors:
-        - name: h100
-          resources:
-            - name: cpu
-              nominalQuota: 4096
-            - name: memory
-              nominalQuota: 32Ti
-            - name: nvidia.com/gpu
-              nominalQuota: 256
----
-apiVersion: tessera.dev/v1alpha1
-kind: ClusterQueue
-metadata:
-  name: team-b
-spec:
-  cohort: all-teams
-  namespaceSelector: {}
-  preemption:
-    reclaimWithinCohort: Any
-    withinClusterQueue: LowerPriority
-  resourceGroups:
-    - coveredResources: ["cpu", "memory", "nvidia.com/gpu"]
-      flavors:
-        - name: h100
-          resources:
-            - name: cpu
-              nominalQuota: 2048
-            - name: memory
-              nominalQuota: 16Ti
-            - name: nvidia.com/gpu
-              nominalQuota: 128
----
-apiVersion: tessera.dev/v1alpha1
-kind: ClusterQueue
-metadata:
-  name: team-c
-spec:
-  cohort: all-teams
-  namespaceSelector: {}
-  preemption:
-    reclaimWithinCohort: Any
-    withinClusterQueue: LowerPriority
-  resourceGroups:
-    - coveredResources: ["cpu", "memory", "nvidia.com/gpu"]
-      flavors:
-        - name: h100
-          resources:
-            - name: cpu
-              nominalQuota: 2048
-            - name: memory
-              nominalQuota: 16Ti
-            - name: nvidia.com/gpu
-              nominalQuota: 128
----
-apiVersion: tessera.dev/v1alpha1
-kind: LocalQueue
-metadata:
-  namespace: team-a
-  name: team-a
-spec:
-  clusterQueue: team-a
----
-apiVersion: tessera.dev/v1alpha1
-kind: LocalQueue
-metadata:
-  namespace: team-b
-  name: team-b
-spec:
-  clusterQueue: team-b
----
-apiVersion: tessera.dev/v1alpha1
-kind: LocalQueue
-metadata:
-  namespace: team-c
-  name: team-c
-spec:
-  clusterQueue: team-c
+""" + "".join(
+    _TEAM_QUEUES.format(team=team, cpu=1024 * eighths, memory=f"{8 * eighths}Ti", gpus=64 * eighths)
+    for team, eighths in _TEAM_SHARES.items()
+) + """\
 ---
 apiVersion: tessera.dev/v1alpha1
 kind: WorkloadPriorityClass
