@@ -59,6 +59,7 @@ class Resource:
 JOBS = Resource("batch", "v1", "jobs", True, "Job")
 PODS = Resource("", "v1", "pods", True, "Pod")
 NODES = Resource("", "v1", "nodes", False, "Node")
+NAMESPACES = Resource("", "v1", "namespaces", False, "Namespace")
 EVENTS = Resource("", "v1", "events", True, "Event")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", True, "Lease")
 RESOURCE_FLAVORS = Resource("tessera.dev", "v1alpha1", "resourceflavors", False, "ResourceFlavor")
@@ -74,7 +75,8 @@ PYTORCHJOBS = Resource("kubeflow.org", "v1", "pytorchjobs", True, "PyTorchJob")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", True, "Deployment")
 
 TESSERA_RESOURCES = (RESOURCE_FLAVORS, CLUSTER_QUEUES, LOCAL_QUEUES, COHORTS, PRIORITY_CLASSES, TOPOLOGIES, WORKLOADS)
-WATCHED = (JOBS, PODS, NODES, *TESSERA_RESOURCES)
+# Namespaces: their labels, for the ClusterQueues' namespaceSelector (the snapshot's `namespace_labels`).
+WATCHED = (JOBS, PODS, NODES, NAMESPACES, *TESSERA_RESOURCES)
 
 # Every API call the operator and kopf make: (group, resource, verbs). The end-to-end tests check that
 # every request they see is listed here; docs/operator.md and the ClusterRole derive from it.

@@ -117,6 +117,60 @@ def make_policy_factory(name: str) -> Callable[[], Policy]:
     return factory
 
 
+class EventOnlyDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff-base storage for an operator with only `on.event` handlers (and webhooks): no diff base.
+
+    kopf builds an object's "essence" (a deep copy of its spec, labels and annotations) and reads its stored
+    one (a JSON annotation) for every watch event, then strips its progress records from both: about half of
+    kopf's own handling of an event (2-2.7 ms of 4-6 ms, profiled), spent on a diff that only
+    `on.create/update/delete/resume` handlers and daemons read. With none of those registered, nothing reads it, and nothing is ever stored
+    (event handlers never patch the object): `build` gives an empty essence, `fetch` none. `Operator` uses it
+    (with `EventOnlyProgress`) only while its registry holds no such handler (`only_event_handlers`)."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: Any) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
+class EventOnlyProgress(kopf.ProgressStorage):
+    """kopf's progress storage for an operator with only `on.event` handlers: nothing to record or read.
+
+    Progress records (retries, started and finished times) are kept for change handlers and daemons only;
+    with none, kopf still deep-copies and cleans the (empty) diff-base essence through the storage on every
+    watch event. This one returns it as is and never writes to an object."""
+
+    def fetch(self, *, key: Any, body: Any) -> None:
+        return None
+
+    def store(self, *, key: Any, record: Any, body: Any, patch: Any) -> None:
+        return None
+
+    def purge(self, *, key: Any, body: Any, patch: Any) -> None:
+        return None
+
+    def touch(self, *, body: Any, patch: Any, value: str | None) -> None:
+        return None
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
+
+
+def only_event_handlers(registry: kopf.OperatorRegistry) -> bool:
+    """Whether no handler of `registry` reads kopf's diff base or progress records: no change handlers
+    (`on.create`, `on.update`, `on.delete`, `on.resume`, `on.field`) and no daemons or timers. Unknown
+    (a kopf whose registry is laid out otherwise): False."""
+    try:
+        stateful = (registry._changing, registry._spawning)  # noqa: SLF001 - kopf keeps no public view of these
+        return not any(list(handlers.get_all_handlers()) for handlers in stateful)
+    except AttributeError:
+        return False
+
+
 def _slim(obj: dict[str, Any]) -> dict[str, Any]:
     """The object without managedFields (large and never read)."""
     meta = obj.get("metadata")
@@ -204,6 +258,9 @@ class Operator:
     def kopf_settings(self) -> kopf.OperatorSettings:
         settings = kopf.OperatorSettings()
         settings.posting.enabled = False  # Events are ours (admission.events), not per-handler noise
+        if only_event_handlers(self.registry):  # no diff base nor progress: nothing would read them
+            settings.persistence.diffbase_storage = EventOnlyDiffBase()
+            settings.persistence.progress_storage = EventOnlyProgress()
         settings.watching.server_timeout = 300
         if self.config.webhook_port:
             certfile = os.path.join(self.config.webhook_cert_dir, "tls.crt")
@@ -363,5 +420,6 @@ class Operator:
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         await self.events.drain()
         await self.api.close()
+        await self.controller.flush_ledger()  # the writes queued by the last passes, before the ledger closes
         if self.ledger is not None:
             self.ledger.close()

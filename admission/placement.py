@@ -29,6 +29,10 @@ topology-aware scheduling does:
 
 `reserve_plans` makes the next cycles see the plan: pods planned but not bound yet occupy
 their planned nodes in the snapshot, so a later admission is not planned onto the same room.
+It keeps its reservations from one cycle to the next (`PlanMemo`) and binds again only what
+changed: planned pods can stay unbound over many cycles (pods not created yet; in the
+benchmark's emulator, pods never created), and binding all of them in every cycle grew with the
+number of admitted workloads.
 
 Pure: plain dicts in, patches out; no API calls.
 """
@@ -40,7 +44,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from scheduler.snapshot import PodSetPlacement
+from scheduler.cluster import Binding, Cluster
+from scheduler.snapshot import Admitted, PodSetPlacement
 
 PLACEMENT_GATE = "tessera.dev/placement"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -215,50 +220,154 @@ def match_pods(pods: Sequence[Mapping[str, Any]], plan: Mapping[str, int], count
 # --- the plan in the snapshot -------------------------------------------------------------------
 
 
-def reserve_plans(cycle: Any) -> int:
-    """Bind, in `cycle.snapshot`, the planned pods of admitted workloads that are not bound yet onto
-    their planned nodes (where they still fit), so that the policy does not plan other work onto
-    the same room; returns how many pods were reserved. The cluster is copied first (the snapshot's
-    own is never changed in place); `Admitted.podsets[i].nodes` and `bindings` include them, so
-    preempting such a workload frees its planned nodes too. Evicted workloads reserve nothing."""
+@dataclass(frozen=True)
+class _Reservation:
+    """The planned pods `reserve_plans` bound for one admitted workload, and what they were derived from."""
+
+    key: str
+    admitted: Admitted
+    """The snapshot's entry (without the reservation) they were computed for."""
+    record: Mapping[str, Any]
+    """The admission record (`status.admission`) the plan was read from (compared by identity)."""
+    plans: Mapping[str, Mapping[str, int]]
+    signature: tuple[Any, ...]
+    """Everything the reservation depends on besides the cluster it was bound on (`_signature`)."""
+    added: tuple[tuple[int, tuple[str, ...]], ...]
+    """(podset index, the nodes reserved for its unbound pods), for the podsets that got any."""
+    bindings: tuple[Binding, ...]
+    """What was bound, in binding order (undone in reverse when the memo rewinds)."""
+    output: Admitted
+    """`admitted` with the reserved nodes and bindings appended (itself when nothing was reserved)."""
+
+
+def _signature(admitted: Admitted, plans: Mapping[str, Mapping[str, int]]) -> tuple[Any, ...]:
+    """What a workload's reservation depends on: its podsets' counts and bound nodes, their pods' requests and
+    the plan. Equal signatures on the same cluster state bind the same pods onto the same devices."""
+    return (tuple((p.name, p.count, p.nodes) for p in admitted.podsets),
+            tuple((p.name, p.requests) for p in admitted.workload.podsets),
+            tuple((name, tuple(plan.items())) for name, plan in plans.items()))
+
+
+def _reserve(cluster: Cluster, admitted: Admitted, plans: Mapping[str, Mapping[str, int]]
+             ) -> tuple[tuple[tuple[int, tuple[str, ...]], ...], tuple[Binding, ...]]:
+    """Bind, on `cluster`, the planned pods of one workload that are not bound yet onto their planned nodes,
+    where they still fit; returns (podset index, nodes) per podset that got any, and the bindings."""
+    added_all: list[tuple[int, tuple[str, ...]]] = []
+    bindings: list[Binding] = []
+    for index, ps in enumerate(admitted.podsets):
+        plan = plans.get(ps.name)
+        remaining = ps.count - len(ps.nodes)
+        info = next((p for p in admitted.workload.podsets if p.name == ps.name), None)
+        if not plan or remaining <= 0 or info is None:
+            continue
+        bound = Counter(ps.nodes)
+        added: list[str] = []
+        for node, n in plan.items():
+            want = min(n - bound.get(node, 0), remaining - len(added))
+            if want <= 0 or node not in cluster:
+                continue
+            for _ in range(want):
+                if not cluster.nodes[node].fits(info.requests):
+                    break
+                bindings.append(cluster.bind(node, info.requests))
+                added.append(node)
+        if added:
+            added_all.append((index, tuple(added)))
+    return tuple(added_all), tuple(bindings)
+
+
+def _with_reservation(admitted: Admitted, added: tuple[tuple[int, tuple[str, ...]], ...],
+                      bindings: tuple[Binding, ...]) -> Admitted:
+    if not bindings:
+        return admitted
+    podsets = list(admitted.podsets)
+    for index, nodes in added:
+        podsets[index] = replace(podsets[index], nodes=podsets[index].nodes + nodes)
+    return replace(admitted, podsets=tuple(podsets), bindings=admitted.bindings + bindings)
+
+
+class PlanMemo:
+    """What `reserve_plans` keeps from one cycle to the next: the reservations bound on a cluster of its own.
+
+    The reservations are bound in the snapshot's order of admitted workloads, on top of the pod-bound cluster
+    (`Cycle.base`). While that base stays, the next cycle keeps the longest prefix of reservations whose
+    workloads come in the same order with the same signature, undoes the rest in reverse order (`Cluster.unbind`
+    gives back exactly the devices taken, so the cluster is then exactly as after that prefix) and binds from
+    there: the result is the one binding every reservation from scratch gives (`tests/test_operator_placement.py`
+    checks it on random histories). A new admission usually comes last in that order, and a workload whose pods
+    are all bound reserves nothing, so a cycle binds little more than what changed. Another base (a Node changed,
+    a pod bound or gone) starts over. Derived from the snapshots only: losing it costs one full binding."""
+
+    def __init__(self) -> None:
+        self.base: object | None = None
+        """`Cycle.base` of the cluster the reservations are bound on."""
+        self.cluster: Cluster | None = None
+        """A copy of that cluster with every reservation bound, in order (never handed out: snapshots get copies)."""
+        self.reservations: list[_Reservation] = []
+        self.rebound = 0
+        """Reservations computed (bound anew) by the last cycle, the rest being kept: for tests and profiling."""
+
+
+def reserve_plans(cycle: Any, memo: PlanMemo | None = None) -> int:
+    """Bind, in `cycle.snapshot`, the planned pods of admitted workloads that are not bound yet onto their
+    planned nodes (where they still fit), so that the policy does not plan other work onto the same room;
+    returns how many pods are reserved. The snapshot gets a cluster of its own (its cluster is never changed
+    in place); `Admitted.podsets[i].nodes` and `bindings` include the reserved pods, so preempting such a
+    workload frees its planned nodes too. Evicted workloads reserve nothing.
+
+    With `memo` (kept by the caller from one cycle to the next), only what changed since the last cycle is
+    bound again (see `PlanMemo`); without, everything is bound from scratch. The result is the same."""
+    from admission.snapshot import detached_copy  # (admission.snapshot imports this module through admission.jobs)
+
     snapshot = cycle.snapshot
-    cluster = None
-    reserved = 0
-    admitted = []
-    for a in snapshot.admitted:
+    if memo is None:
+        memo = PlanMemo()
+    base = getattr(cycle, "base", None)
+    if base is None or memo.base is not base or memo.cluster is None:
+        memo.base, memo.cluster, memo.reservations = base, None, []
+    old = memo.reservations
+    known = {r.key: r for r in old}
+    planned: list[tuple[int, Admitted, Mapping[str, Any], Mapping[str, Mapping[str, int]]]] = []
+    for index, a in enumerate(snapshot.admitted):
+        if a.evicted:
+            continue
         entry = cycle.entries.get(a.key)
         record = ((entry.workload.get("status") or {}).get("admission") or {}) if entry is not None else {}
-        plans = node_plans(record) if not a.evicted else {}
-        if not plans:
-            admitted.append(a)
+        if not record:
             continue
-        podsets, bindings = list(a.podsets), list(a.bindings)
-        for index, ps in enumerate(podsets):
-            plan = plans.get(ps.name)
-            remaining = ps.count - len(ps.nodes)
-            info = next((p for p in a.workload.podsets if p.name == ps.name), None)
-            if not plan or remaining <= 0 or info is None:
-                continue
-            bound = Counter(ps.nodes)
-            added: list[str] = []
-            for node, n in plan.items():
-                want = min(n - bound.get(node, 0), remaining - len(added))
-                if want <= 0:
-                    continue
-                if cluster is None:
-                    cluster = snapshot.cluster.copy()
-                if node not in cluster:
-                    continue
-                for _ in range(want):
-                    if not cluster.nodes[node].fits(info.requests):
-                        break
-                    bindings.append(cluster.bind(node, info.requests))
-                    added.append(node)
-            if added:
-                podsets[index] = replace(ps, nodes=ps.nodes + tuple(added))
-                reserved += len(added)
-        admitted.append(replace(a, podsets=tuple(podsets), bindings=tuple(bindings)))
-    if cluster is not None:
-        snapshot.cluster = cluster
-        snapshot.admitted = admitted
+        before = known.get(a.key)
+        plans = before.plans if before is not None and before.record is record else node_plans(record)
+        if plans:
+            planned.append((index, a, record, plans))
+
+    keep = 0
+    kept: list[_Reservation] = []
+    for (_, a, record, plans), r in zip(planned, old):
+        if r.key != a.key:
+            break
+        if r.admitted is not a or r.record is not record:
+            if r.signature != _signature(a, plans):
+                break
+            r = replace(r, admitted=a, record=record, output=_with_reservation(a, r.added, r.bindings))
+        kept.append(r)
+        keep += 1
+
+    cluster = memo.cluster
+    if cluster is None:
+        cluster = memo.cluster = detached_copy(snapshot.cluster)
+    for r in reversed(old[keep:]):
+        for binding in reversed(r.bindings):
+            cluster.unbind(binding)
+    for _, a, record, plans in planned[keep:]:
+        added, bindings = _reserve(cluster, a, plans)
+        kept.append(_Reservation(a.key, a, record, plans, _signature(a, plans), added, bindings,
+                                 _with_reservation(a, added, bindings)))
+    memo.reservations = kept
+    memo.rebound = len(planned) - keep
+
+    reserved = sum(len(r.bindings) for r in kept)
+    if reserved:
+        outputs = {index: r.output for (index, _, _, _), r in zip(planned, kept)}
+        snapshot.cluster = detached_copy(cluster)
+        snapshot.admitted = [outputs.get(index, a) for index, a in enumerate(snapshot.admitted)]
     return reserved

@@ -20,7 +20,9 @@ replica is the leader and the caches are synced it runs one `reconcile` pass:
    resourceVersion precondition, with the policy's per-pod plan when it places pods, *then* the
    Job patched and un-suspended, its template gated when there is a plan), and the pending
    reasons written into the Workloads' `QuotaReserved` condition. Cycles repeat while they
-   change something (bounded).
+   change something (bounded). Before them, the pending Workloads of a namespace whose labels
+   changed are requeued (`requeue_relabelled`): a ClusterQueue's `namespaceSelector` may select
+   them now, or no longer.
 
 Crash safety: the Workload's status is the record of an admission. It is written first and
 only if the Workload has not changed since the cycle read it (409 otherwise: the cache is
@@ -37,6 +39,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +53,7 @@ from admission.integrations import Change, Integration
 from admission.kube import PODS, WORKLOADS, ApiError, Conflict, KubeApi, NotFound
 from admission.metrics import Metrics
 from admission.queue_status import QueueStatusWriter
-from admission.snapshot import Cycle, Entry, build_cycle
+from admission.snapshot import Cycle, Entry, build_cycle, namespace_labels
 from admission.state import TERMINAL_POD_PHASES, ClusterState
 from quotas.api import Configuration
 from quotas.jobs import JobConversionError
@@ -97,16 +100,22 @@ class Controller:
         self.passes = 0
         self._semaphore = asyncio.Semaphore(self.options.concurrency)
         self._ledgered: set[tuple[str, float]] = set()
+        self._ledger_writer: ThreadPoolExecutor | None = None
+        """The thread that writes the ledger, in order (`_ledger`); started by the first write."""
         self._bad_jobs: dict[tuple[str, str, str], str] = {}
         self._was_leader = False
         self._settled: dict[tuple[str, str], tuple[Any, ...]] = {}
         """Workloads `sync_jobs` found nothing to do for, with what it judged (see there)."""
         self.queue_status = QueueStatusWriter(api, state, is_leader=is_leader)
         self.fair_share = FairShareTracker(self.config, ledger)
+        self.plans = pl.PlanMemo()
+        """The reservations of planned pods kept from one cycle to the next (`admission.placement.reserve_plans`)."""
         self.nominations: dict[str, frozenset[str]] = {}
         """The last cycle's `Decisions.nominations` (admission/fair_share.py)."""
-        self.required = ("workloads", "nodes", "pods", "resourceflavors", "clusterqueues", "localqueues",
-                         "cohorts", "workloadpriorityclasses", "topologies")
+        self._namespaces: tuple[int, Mapping[str, Mapping[str, str]]] | None = None
+        """(revision, labels) of the Namespaces as the last pass saw them (`requeue_relabelled`)."""
+        self.required = ("workloads", "nodes", "pods", "namespaces", "resourceflavors", "clusterqueues",
+                         "localqueues", "cohorts", "workloadpriorityclasses", "topologies")
         """Listed before any decision, with every enabled integration's resource that the API server serves."""
 
     # --- loop ----------------------------------------------------------------------------------
@@ -180,6 +189,7 @@ class Controller:
         now = self.clock()
         await self.sync_workloads(now)
         await self.sync_jobs(now)
+        self.requeue_relabelled()
         await self.schedule(now)
 
     async def _bounded(self, calls: Iterable[Awaitable[Any]]) -> None:
@@ -260,16 +270,30 @@ class Controller:
         if self.events is not None:
             self.events.emit(obj, reason, message, kind)
 
-    async def _ledger(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _ledger(self, method: str, *args: Any, **kwargs: Any) -> None:
+        """Queue one ledger write. The writes run in order on one thread of their own, off the passes: a SQLite
+        commit can wait for the database lock (tens of ms under load), which a pass admitting Jobs must not
+        wait for. Nothing reads them back during a term (admission fair sharing reads the ledger once, before
+        the first cycle), they are idempotent, and `flush_ledger` waits for them before the ledger is closed."""
         if self.ledger is None:
-            return None
+            return
+        if self._ledger_writer is None:
+            self._ledger_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tessera-ledger")
+        self._ledger_writer.submit(self._write_ledger, method, args, kwargs)
+
+    def _write_ledger(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
-            return await asyncio.to_thread(getattr(self.ledger, method), *args, **kwargs)
+            getattr(self.ledger, method)(*args, **kwargs)
         except Exception as exc:  # the ledger is accounting, never a reason to stop admitting
             logger.warning("ledger %s failed: %s", method, exc)
-            return None
 
-    async def _ledger_admission(self, entry_key: str, workload: Mapping[str, Any], info: Any = None) -> None:
+    async def flush_ledger(self) -> None:
+        """Wait until every queued ledger write is done (the next write starts a new writer)."""
+        writer, self._ledger_writer = self._ledger_writer, None
+        if writer is not None:
+            await asyncio.to_thread(writer.shutdown, wait=True)
+
+    def _ledger_admission(self, entry_key: str, workload: Mapping[str, Any], info: Any = None) -> None:
         """Record an admission in the ledger once per process (the ledger itself ignores repeats)."""
         if self.ledger is None:
             return
@@ -281,9 +305,9 @@ class Controller:
         if info is None:
             return
         self._ledgered.add((entry_key, at))
-        await self._ledger("record_admission", entry_key, at=at, cluster_queue=str(admission.get("clusterQueue", "")),
-                           local_queue=info.local_queue, requests=wl.requests_of(admission),
-                           flavor=wl.main_flavor(admission), workload_type=info.workload_type)
+        self._ledger("record_admission", entry_key, at=at, cluster_queue=str(admission.get("clusterQueue", "")),
+                     local_queue=info.local_queue, requests=wl.requests_of(admission),
+                     flavor=wl.main_flavor(admission), workload_type=info.workload_type)
 
     # --- 1. Workloads for Jobs -----------------------------------------------------------------
 
@@ -359,7 +383,7 @@ class Controller:
         meta = workload["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
         if wl.holds_quota(workload) and not wl.is_finished(workload):
-            await self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason="Finished")
+            self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason="Finished")
         try:
             await self.api.delete(WORKLOADS, meta["namespace"], meta["name"])
         except ApiError as exc:
@@ -413,7 +437,7 @@ class Controller:
                                   "The workload is deactivated (spec.active: false)", stamp, None, integration)
                 continue
             if wl.holds_quota(workload):
-                await self._ledger_admission(key, workload)
+                self._ledger_admission(key, workload)
                 if await self._start_job(workload, job, integration, pods):
                     pass  # held (started outside Tessera), started, or repaired: not yet running as admitted
                 else:
@@ -437,8 +461,8 @@ class Controller:
         if updated is None:
             return
         if held:
-            await self._ledger_admission(key, workload)
-            await self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason="Finished")
+            self._ledger_admission(key, workload)
+            self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason="Finished")
         cq = str(((workload.get("status") or {}).get("admission") or {}).get("clusterQueue") or "")
         logger.info("Workload %s finished (%s)", key, reason, extra=_fields(key, job, cq, reason=reason))
         self._event(updated, "Finished", message)
@@ -460,8 +484,8 @@ class Controller:
         if updated is None:
             return
         end = "Preempted" if wl.is_true(workload, wl.PREEMPTED) else "Evicted"
-        await self._ledger_admission(key, workload)
-        await self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason=end)
+        self._ledger_admission(key, workload)
+        self._ledger("record_end", key, at=max(now, wl.reserved_at(workload)), reason=end)
         self._event(updated, "QuotaReleased", f"Quota released after eviction ({reason})"
                     + ("; requeued" if wl.is_active(updated) else "; deactivated, not requeued"))
         if deactivate:
@@ -561,6 +585,35 @@ class Controller:
 
     # --- 3. Scheduling cycles ---------------------------------------------------------------------
 
+    def requeue_relabelled(self) -> list[str]:
+        """Requeue the pending Workloads of every namespace whose labels changed since the last pass (or that
+        appeared or went away), as Kueue requeues inadmissible workloads on a Namespace change: what the policy
+        set aside for them (Kueue's inadmissible workloads, `QueueState.inadmissible`) is forgotten, so the
+        next cycle judges them against the new labels with everything else. Returns their keys.
+
+        The snapshot itself always carries the current labels (`admission.snapshot.namespace_labels`); this
+        is about the policy's memory across cycles, which a label change would otherwise leave stale. The
+        first pass only records the labels (a new leader starts with a fresh policy: nothing to forget)."""
+        revision = self.state.revisions.get("namespaces", 0)
+        seen = self._namespaces
+        if seen is not None and seen[0] == revision:
+            return []
+        current = namespace_labels(self.state)
+        self._namespaces = (revision, current)
+        if seen is None:
+            return []
+        before = seen[1]
+        changed = {ns for ns in current.keys() | before.keys() if current.get(ns) != before.get(ns)}
+        if not changed:
+            return []
+        keys = [f"{namespace}/{name}" for (namespace, name), workload in self.state.items("workloads")
+                if namespace in changed and not wl.holds_quota(workload) and not wl.is_finished(workload)
+                and wl.is_active(workload)]
+        forgotten = forget_set_aside(self.policy, keys)
+        logger.info("namespace labels changed (%s): %d pending Workload(s) requeued%s", ", ".join(sorted(changed)),
+                    len(keys), f", {forgotten} of them set aside by the policy before" if forgotten else "")
+        return keys
+
     async def schedule(self, now: float) -> Decisions | None:
         last: Decisions | None = None
         cycle: Cycle | None = None
@@ -568,7 +621,7 @@ class Controller:
         await self.fair_share.seed(self.clock())
         for _ in range(self.options.max_cycles):
             cycle = build_cycle(self.state, self.clock(), self.config)
-            pl.reserve_plans(cycle)  # planned pods not bound yet hold their nodes (admission/placement.py)
+            pl.reserve_plans(cycle, self.plans)  # planned pods not bound yet hold their nodes (admission/placement.py)
             stale = False
             cycle.snapshot.admission_fair_sharing = self.fair_share.sync(cycle.snapshot)
             if not cycle.snapshot.pending:
@@ -663,10 +716,21 @@ class Controller:
         started = await self.apply_change(integration, job, change) if change else None
         if started is not None and change.starts:
             self._event(started, "Started", f"Admitted by ClusterQueue {admission.cluster_queue}")
-        # After the start, off the Job's path (a SQLite commit can wait for the database lock); idempotent, and
-        # redone by the next pass's sync_jobs if the process dies before it.
-        await self._ledger_admission(entry.key, updated, entry.info)
+        # Queued after the start, written off the pass (`_ledger`); idempotent, and redone by the next pass's
+        # sync_jobs if the process dies before it is written.
+        self._ledger_admission(entry.key, updated, entry.info)
         return True
+
+
+def forget_set_aside(policy: Any, keys: Iterable[str]) -> int:
+    """Drop `keys` from the workloads a policy set aside as inadmissible between cycles (the Kueue-style
+    policies' `QueueState.inadmissible`); a policy without such memory (`tessera` sets nothing aside: it
+    judges every pending workload in every cycle) has nothing to forget. Returns how many were set aside."""
+    queue_state = getattr(policy, "state", None)
+    inadmissible = getattr(queue_state, "inadmissible", None)
+    if not isinstance(inadmissible, dict):
+        return 0
+    return sum(1 for key in keys if inadmissible.pop(key, None) is not None)
 
 
 def _desired_workload(job: Mapping[str, Any],

@@ -13,7 +13,10 @@
   `admission.integrations`) exists is `Pending`, queued since its creation or its last
   requeue, not before its requeue backoff;
 * a Workload whose owner's kind this operator does not watch (its integration is disabled, or
-  its CRD not installed) is never pending, but keeps charging the quota it holds: its pods run.
+  its CRD not installed) is never pending, but keeps charging the quota it holds: its pods run;
+* every Namespace's labels go into `Snapshot.namespace_labels`, which the policies match the
+  ClusterQueues' `namespaceSelector` against (a relabelled namespace changes what is admissible
+  in the next snapshot).
 
 Pure with respect to the API: reads only the `ClusterState`.
 
@@ -24,8 +27,8 @@ and redoes only what changed:
 * per object version (`ClusterState.parsed`, keyed by resource, key and resourceVersion): a
   Workload's facts (owner, conditions), its `WorkloadInfo`, `Entry`, `Pending` and `Admitted`
   (the last also keyed by its pods' bindings); a pod's liveness, node, request and owners;
-* per resource revision (`ClusterState.revisions`): the parsed tessera.dev objects and the
-  node-only `Cluster`;
+* per resource revision (`ClusterState.revisions`): the parsed tessera.dev objects, the
+  node-only `Cluster` and the namespaces' labels;
 * the live pods are bound, in cache order, onto a copy of the node-only cluster; the bound
   cluster is kept with the sequence of (node, request) it bound, and reused, or extended by the
   pods appended since, while that sequence only grows (a pod gone from the middle means binding
@@ -110,6 +113,10 @@ class Cycle:
     """Workload key -> why it could not be read (bad podset template, ...)."""
     queued: dict[str, float] = field(default_factory=dict)
     """Pending workload key -> when it was queued (its `Pending.queued_at`)."""
+    base: object | None = None
+    """The pod-bound cluster the snapshot's cluster is a copy of: the same object from one build to the next
+    while no Node changed and no pod was bound or went away (`admission.placement.reserve_plans` keeps its
+    reservations on top of it while it holds). None: unknown (every build is then a new base)."""
 
     def queued_at(self, key: str, default: float) -> float:
         """When a workload pending in this cycle was queued; `default` for any other."""
@@ -208,6 +215,10 @@ class SnapshotMemo:
         """Usage of `tree` charged with `charges`."""
         self.charges: dict[str, tuple[str, Mapping[FlavorResource, int]]] = {}
         """Admitted workload key -> (ClusterQueue, usage) charged into `usage`."""
+        self.namespaces_revision = -1
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        """Namespace name -> its labels, as of `namespaces_revision` (shared by the snapshots: never changed in
+        place, replaced when a Namespace changes)."""
 
 
 def memo_of(state: ClusterState) -> SnapshotMemo:
@@ -263,13 +274,28 @@ class _PodFacts:
         `integrations.ALL` order."""
 
 
-def _detached_copy(cluster: Cluster) -> Cluster:
+def detached_copy(cluster: Cluster) -> Cluster:
     """A copy in the same state with a state-id table of its own, as a fresh build would give it (copies of
     one cluster share the table, and placement memoises on it: the memo's cluster must not grow with them)."""
     other = cluster.copy()
     other._state_ids = dict(cluster._state_ids)  # noqa: SLF001 - see the docstring
     other.version = cluster.version
     return other
+
+
+def namespace_labels(state: ClusterState, memo: SnapshotMemo | None = None) -> dict[str, dict[str, str]]:
+    """Every watched Namespace's labels by name, rebuilt when a Namespace changed (kept otherwise: a pass reads
+    them once or twice, a relabelling is rare). Do not change the mapping: snapshots share it."""
+    if memo is None:
+        memo = memo_of(state)
+    revision = state.revisions.get("namespaces", 0)
+    if memo.namespaces_revision != revision:
+        labels: dict[str, dict[str, str]] = {}
+        for (_, name), raw in state.items("namespaces"):
+            found = (raw.get("metadata") or {}).get("labels")
+            labels[name] = {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else {}
+        memo.namespace_labels, memo.namespaces_revision = labels, revision
+    return memo.namespace_labels
 
 
 def _base_cluster(state: ClusterState, memo: SnapshotMemo) -> Cluster:
@@ -316,16 +342,16 @@ def _cluster_with_pods(state: ClusterState, memo: SnapshotMemo) -> tuple[Cluster
     known = len(memo.sequence)
     if memo.bound is not None and len(sequence) >= known and sequence[:known] == memo.sequence:
         if len(sequence) > known:  # pods appended since: bound on top, as a build from scratch binds them
-            bound = _detached_copy(memo.bound)
+            bound = detached_copy(memo.bound)
             added = _bind(bound, sequence[known:], [key for key, _ in pods[known:]])
             memo.bound, memo.sequence, memo.bindings = bound, sequence, memo.bindings + added
     else:
-        bound = _detached_copy(base)
+        bound = detached_copy(base)
         bindings = _bind(bound, sequence, [key for key, _ in pods])
         memo.bound, memo.sequence, memo.bindings = bound, sequence, bindings
     assert memo.bound is not None
-    return _detached_copy(memo.bound), [(key, binding, owners)
-                                        for (key, owners), binding in zip(pods, memo.bindings)]
+    return detached_copy(memo.bound), [(key, binding, owners)
+                                       for (key, owners), binding in zip(pods, memo.bindings)]
 
 
 def _pending(facts: _WorkloadFacts, info: WorkloadInfo, raw: Mapping[str, Any], now: float) -> Pending:
@@ -485,9 +511,10 @@ def build_cycle(state: ClusterState, now: float, config: Configuration | None = 
         topologies=dict(topologies),
         config=config or Configuration(),
         seed=seed,
+        namespace_labels=namespace_labels(state, memo),
     )
     return Cycle(snapshot=snapshot, entries=entries, flavors=flavors, topologies=topologies, skipped=skipped,
-                 queued=queued)
+                 queued=queued, base=memo.bound)
 
 
 def placement_for(cycle: Cycle, key: str) -> PodSetPlacement | None:

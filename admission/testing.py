@@ -16,17 +16,20 @@ server behaviours, so this subclass adds them:
 `EmulatedCluster` runs the emulator in a thread with its own event loop, so the operator
 under test owns its loop alone (kopf cancels every task it did not start when it stops).
 
-Two workarounds for kmock 0.8: `/api/v1/namespaces` (which kmock cannot parse) is served
-here, and kmock's request history is kept to the requests in flight (it scans the whole
-history on every request, which made long runs quadratic); `StrictEmulator.calls` records
-every request instead.
+Two workarounds for kmock 0.8: Namespaces (whose paths kmock cannot parse: it takes
+`/namespaces/` for the prefix of a namespaced path) are stored and served here, with list,
+watch, get, create, merge patch and delete (see `StrictEmulator.namespaces`); and kmock's
+request history is kept to the requests in flight (it scans the whole history on every
+request, which made long runs quadratic); `StrictEmulator.calls` records every request instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import itertools
+import json
 import threading
 import time
 import uuid
@@ -71,6 +74,8 @@ ALL_VERBS = ("list", "watch", "get", "create", "patch", "update", "delete")
 
 
 _VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "UPDATE": "patch", "DELETE": "delete"}
+NAMESPACES_PATH = "/api/v1/namespaces"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
 @attrs.frozen
@@ -94,6 +99,14 @@ class StrictEmulator(kmock.KubernetesEmulator):
     """A light record of every request (kmock's own request list is kept to the requests in flight:
     kmock scans it on every request to match reactions, which made a long run quadratic)."""
     _inflight: set[int] = attrs.field(factory=set, init=False)
+    namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
+    """Namespace objects by name, served by `_serve_namespaces` (not kmock). "default" exists from the start, and
+    a namespaced object created in a namespace that does not exist creates it (a cluster where the namespaces
+    were provisioned beforehand); every Namespace carries `kubernetes.io/metadata.name`, as the API server sets it.
+    Deleting a Namespace leaves the objects in it alone (no namespace controller here)."""
+    _namespace_log: list[tuple[int, str, dict[str, Any]]] = attrs.field(factory=list, init=False)
+    """(resourceVersion, event type, object) of every Namespace change, for watches resuming from a version."""
+    _namespace_changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
 
     def declare(self, without: tuple[str, ...] = ()) -> None:
         """Declare every resource the operator uses, so discovery and kopf's scanning find them
@@ -107,25 +120,122 @@ class StrictEmulator(kmock.KubernetesEmulator):
         for plural, (kind, namespaced) in TESSERA_RESOURCES.items():
             self.resources[f"tessera.dev/v1alpha1/{plural}"] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, verbs=set(ALL_VERBS), subresources={"status"})
+        self.ensure_namespace("default")
 
     async def __call__(self, raw_request: Any) -> Any:  # type: ignore[override]
-        # kmock 0.8 cannot parse the path /api/v1/namespaces (it takes "namespaces" for the
-        # namespace prefix and fails): serve the namespace list and watch here. The namespaces
-        # are those of the stored objects, plus "default".
-        if raw_request.path.rstrip("/") == "/api/v1/namespaces" and raw_request.method == "GET":
-            await raw_request.read()
-            names = {"default"} | {ns for (_res, ns, _name), obj in list(self.objects.items()) if ns and not obj.deleted}
-            items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "resourceVersion": "1"}}
-                     for n in sorted(names)]
-            if raw_request.query.get("watch") != "true":
-                return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
-                                                  "metadata": {"resourceVersion": "1"}, "items": items})
-            response = aiohttp.web.StreamResponse()
-            await response.prepare(raw_request)
-            while raw_request.transport is not None and not raw_request.transport.is_closing():
-                await asyncio.sleep(0.2)  # no namespace events: keep the stream open until the client goes
-            return response
+        # kmock 0.8 cannot parse /api/v1/namespaces[/name] (it takes "namespaces" for the namespace prefix of
+        # a namespaced path): Namespaces are served here. Longer paths (/api/v1/namespaces/ns/pods) are kmock's.
+        path = raw_request.path.rstrip("/")
+        if path == NAMESPACES_PATH or (path.startswith(NAMESPACES_PATH + "/") and path.count("/") == 4):
+            return await self._serve_namespaces(raw_request, path[len(NAMESPACES_PATH) + 1:] or None)
         return await super().__call__(raw_request)
+
+    # --- Namespaces -------------------------------------------------------------------------------
+
+    def ensure_namespace(self, name: str) -> None:
+        """Create the Namespace `name` (no labels but its name's) unless it exists."""
+        if name not in self.namespaces:
+            self._namespace_event("ADDED", {"apiVersion": "v1", "kind": "Namespace",
+                                            "metadata": {"name": name, "uid": str(uuid.uuid4()),
+                                                         "creationTimestamp": _now(),
+                                                         "labels": {NAMESPACE_NAME_LABEL: name}},
+                                            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+
+    def _namespace_event(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store (or drop, for DELETED) a new version of a Namespace and wake the watches."""
+        obj = copy.deepcopy(obj)
+        name = obj["metadata"]["name"]
+        rv = next(self._versions)
+        obj["metadata"]["resourceVersion"] = str(rv)
+        obj["metadata"].setdefault("labels", {})[NAMESPACE_NAME_LABEL] = name  # users cannot change it
+        if kind == "DELETED":
+            self.namespaces.pop(name, None)
+        else:
+            self.namespaces[name] = obj
+        self._namespace_log.append((rv, kind, obj))
+        changed, self._namespace_changed = self._namespace_changed, asyncio.Event()
+        changed.set()
+        return obj
+
+    async def _serve_namespaces(self, raw_request: Any, name: str | None) -> Any:
+        body = await raw_request.read()
+        method = raw_request.method
+        watch = raw_request.query.get("watch") in ("true", "1")
+        verb = "watch" if watch else {"GET": "get" if name else "list", "POST": "create", "PATCH": "patch",
+                                      "PUT": "update", "DELETE": "delete"}.get(method, method.lower())
+        self.calls.append(Call(agent=str(raw_request.headers.get("User-Agent", "")), group="",
+                               plural="namespaces", subresource=None, verb=verb))
+        if method == "GET" and watch:
+            return await self._watch_namespaces(raw_request, name)
+        if method == "GET" and name is None:
+            items = [self.namespaces[n] for n in sorted(self.namespaces)]
+            latest = self._namespace_log[-1][0] if self._namespace_log else 1
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
+                                              "metadata": {"resourceVersion": str(latest)}, "items": items})
+        current = self.namespaces.get(name) if name else None
+        if method == "POST" and name is None:
+            obj = json.loads(body or b"{}")
+            wanted = str((obj.get("metadata") or {}).get("name") or "")
+            if not wanted:
+                return _status(422, "Invalid", "metadata.name: Required value")
+            if wanted in self.namespaces:
+                return _status(409, "AlreadyExists", f'namespaces "{wanted}" already exists')
+            meta = obj.setdefault("metadata", {})
+            meta.update({"uid": str(uuid.uuid4()), "creationTimestamp": _now()})
+            obj.update({"apiVersion": "v1", "kind": "Namespace", "status": {"phase": "Active"}})
+            return aiohttp.web.json_response(self._namespace_event("ADDED", obj), status=201)
+        if name is None or method not in ("GET", "PATCH", "DELETE"):
+            return _status(405, "MethodNotAllowed", f"{method} is not supported on namespaces here")
+        if current is None:
+            return _status(404, "NotFound", f'namespaces "{name}" not found')
+        if method == "GET":
+            return aiohttp.web.json_response(current)
+        if method == "DELETE":
+            return aiohttp.web.json_response(self._namespace_event("DELETED", current))
+        patch = json.loads(body or b"{}")
+        if not isinstance(patch, dict):
+            return _status(415, "UnsupportedMediaType", "only JSON merge patches are served for namespaces")
+        wanted_rv = (patch.get("metadata") or {}).get("resourceVersion")
+        if wanted_rv is not None and str(wanted_rv) != current["metadata"]["resourceVersion"]:
+            return _status(409, "Conflict", f'Operation cannot be fulfilled on namespaces "{name}": the object has '
+                                            "been modified; please apply your changes to the latest version and try again")
+        merged = _merge_patch(current, patch)
+        merged["metadata"]["name"] = name
+        return aiohttp.web.json_response(self._namespace_event("MODIFIED", merged))
+
+    async def _watch_namespaces(self, raw_request: Any, name: str | None) -> Any:
+        """A watch stream: the changes after `resourceVersion` (without one: every Namespace as ADDED), then
+        each change as it happens, until the client goes or `timeoutSeconds` pass."""
+        since = str(raw_request.query.get("resourceVersion") or "")
+        timeout = float(raw_request.query.get("timeoutSeconds") or 0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout > 0 else None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw_request)
+        if since.isdigit() and int(since) > 0:
+            position = next((i for i, (rv, _, _) in enumerate(self._namespace_log) if rv > int(since)),
+                            len(self._namespace_log))
+            backlog: list[tuple[str, dict[str, Any]]] = []
+        else:
+            position = len(self._namespace_log)
+            backlog = [("ADDED", obj) for obj in self.namespaces.values()]
+        try:
+            while raw_request.transport is not None and not raw_request.transport.is_closing():
+                changed = self._namespace_changed  # set by any change after this point, even during the writes
+                events = backlog + [(kind, obj) for _, kind, obj in self._namespace_log[position:]]
+                backlog, position = [], len(self._namespace_log)
+                for kind, obj in events:
+                    if name is None or obj["metadata"]["name"] == name:
+                        await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                if deadline is not None and loop.time() >= deadline:
+                    break
+                try:
+                    await asyncio.wait_for(changed.wait(), timeout=0.2)  # (and look at the transport again)
+                except asyncio.TimeoutError:
+                    pass
+        except ConnectionError:  # the client went away mid-write
+            pass
+        return response
 
     def _stored(self, request: Any) -> Any | None:
         key = (request.resource, request.namespace, request.name)
@@ -155,6 +265,8 @@ class StrictEmulator(kmock.KubernetesEmulator):
         async with self._write_lock:
             data = request.data
             if request.action == enums.action.CREATE and isinstance(data, dict):
+                if request.namespace:
+                    self.ensure_namespace(request.namespace)
                 meta = data.setdefault("metadata", {})
                 if not meta.get("name") and meta.get("generateName"):
                     meta["name"] = f"{meta['generateName']}{uuid.uuid4().hex[:5]}"
@@ -193,6 +305,25 @@ class StrictEmulator(kmock.KubernetesEmulator):
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status(code: int, reason: str, message: str) -> Any:
+    """An API server's error answer (a `Status` object)."""
+    return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": reason,
+                                      "message": message, "code": code}, status=code)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch of `target` (not changed) by `patch`: null removes a key."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge_patch(out.get(key), value)
+    return out
 
 
 class EmulatedCluster:
@@ -257,7 +388,7 @@ class EmulatedCluster:
         return out
 
     def calls(self) -> list[Call]:
-        """Every request served so far (namespaces excepted, see `StrictEmulator.__call__`)."""
+        """Every request served so far."""
         assert self.emulator is not None
         return list(self.emulator.calls)
 
@@ -275,6 +406,11 @@ def _plain(value: Any) -> Any:
 
 GV = "tessera.dev/v1alpha1"
 GPU = "nvidia.com/gpu"
+
+
+def namespace(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A v1 Namespace with these labels (the API server adds `kubernetes.io/metadata.name`)."""
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": dict(labels or {})}}
 
 
 def flavor(name: str, labels: dict[str, str] | None = None, tolerations: list[dict[str, Any]] | None = None,

@@ -24,7 +24,7 @@ import pytest
 import pytest_asyncio
 
 from admission.jobs import ORIGINAL_TEMPLATE_ANNOTATION
-from admission.kube import API_CALLS, JOBS, LEASES, USER_AGENT, WORKLOADS, KubeApi, Resource
+from admission.kube import API_CALLS, JOBS, LEASES, NAMESPACES, USER_AGENT, WORKLOADS, KubeApi, Resource
 from admission.leader import LeaderElector, micro_time
 from admission.operator import Operator, OperatorConfig
 from admission.testing import (
@@ -36,6 +36,7 @@ from admission.testing import (
     flavor,
     job,
     local_queue,
+    namespace,
     node,
     priority_class,
 )
@@ -49,6 +50,7 @@ PATHS = {
     "ClusterQueue": "/apis/tessera.dev/v1alpha1/clusterqueues",
     "WorkloadPriorityClass": "/apis/tessera.dev/v1alpha1/workloadpriorityclasses",
     "Node": "/api/v1/nodes",
+    "Namespace": "/api/v1/namespaces",
 }
 NAMESPACED = {"LocalQueue": "/apis/tessera.dev/v1alpha1/namespaces/{ns}/localqueues",
               "Job": "/apis/batch/v1/namespaces/{ns}/jobs",
@@ -80,14 +82,14 @@ class User:
         async with self.session.get(self.url + resource.path(namespace, name)) as r:
             return None if r.status == 404 else await r.json()
 
-    async def patch(self, resource: Resource, namespace: str, name: str, body: dict[str, Any],
+    async def patch(self, resource: Resource, namespace: str | None, name: str, body: dict[str, Any],
                     subresource: str | None = None) -> dict[str, Any]:
         async with self.session.patch(self.url + resource.path(namespace, name, subresource), json=body,
                                       headers={"Content-Type": "application/merge-patch+json"}) as r:
             assert r.status < 300, await r.text()
             return await r.json()
 
-    async def delete(self, resource: Resource, namespace: str, name: str) -> None:
+    async def delete(self, resource: Resource, namespace: str | None, name: str) -> None:
         async with self.session.delete(self.url + resource.path(namespace, name)) as r:
             assert r.status < 300, await r.text()
 
@@ -222,13 +224,13 @@ async def test_admit_with_flavor_selector_keep_the_next_pending_and_release_on_c
     assert_calls_declared(cluster)
 
 
-async def _started_job(user: User, name: str) -> dict[str, Any] | None:
-    j = await user.job(name)
+async def _started_job(user: User, name: str, ns: str = "ns") -> dict[str, Any] | None:
+    j = await user.job(name, ns)
     return j if started(j) else None
 
 
-async def _pending_message(user: User, name: str) -> str | None:
-    cond = condition(await user.workload(name), "QuotaReserved")
+async def _pending_message(user: User, name: str, ns: str = "ns") -> str | None:
+    cond = condition(await user.workload(name, ns), "QuotaReserved")
     return cond.get("message") if cond.get("status") == "False" else None
 
 
@@ -561,3 +563,67 @@ async def test_deactivating_an_admitted_workload_evicts_it_and_keeps_it_out_of_t
         assert condition(stopped, "Requeued")["status"] == "False"
         await asyncio.sleep(0.5)  # several passes: it is not requeued, nothing takes the quota back
         assert started(await user.job("second")) and not started(await user.job("first"))
+
+
+# --- 11. namespaceSelector: the Namespaces' labels ----------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["kueue", "tessera"])
+async def test_a_namespace_selector_admits_by_the_namespaces_labels_and_follows_a_relabelling(
+        cluster: EmulatedCluster, user: User, policy: str) -> None:
+    await user.create(namespace("team-a", {"team": "a"}))
+    await user.create(namespace("team-b"))
+    await user.create(flavor("a100", {"gpu.product": "A100"}))
+    await user.create(cluster_queue("cq", {"a100": 8}, namespaceSelector={"matchLabels": {"team": "a"}}))
+    for ns in ("team-a", "team-b"):
+        await user.create(local_queue(ns, "lq", "cq"))
+    await user.create(node("gpu-node", 8, {"gpu.product": "A100"}))
+    async with running(cluster, policy=policy, period=0.2):
+        await user.create(job("team-a", "a", "lq", gpus=1))
+        await user.create(job("team-b", "b", "lq", gpus=1))
+        await until(lambda: _started_job(user, "a", "team-a"), what="the Job in the selected namespace started")
+        why = await until(lambda: _pending_message(user, "b", "team-b"), what="the other one's pending reason")
+        assert "namespaceSelector" in why and "ClusterQueue cq" in why and "team-b" in why, why
+        await asyncio.sleep(0.5)  # several passes: still not admitted
+        assert not started(await user.job("b", "team-b"))
+
+        # Labelled, the namespace is selected: its Job is admitted without anything else changing.
+        await user.patch(NAMESPACES, None, "team-b", {"metadata": {"labels": {"team": "a"}}})
+        await until(lambda: _started_job(user, "b", "team-b"), what="admitted once its namespace is labelled")
+
+        # Unlabelled, team-a is no longer selected: what runs keeps running, a new Job waits.
+        await user.patch(NAMESPACES, None, "team-a", {"metadata": {"labels": {"team": None}}})
+        await user.create(job("team-a", "later", "lq", gpus=1))
+        why = await until(lambda: _pending_message(user, "later", "team-a"), what="pending after the unlabelling")
+        assert "namespaceSelector" in why and "team-a" in why, why
+        assert started(await user.job("a", "team-a"))
+        assert condition(await user.workload("a", "team-a"), "QuotaReserved")["status"] == "True"
+    assert_calls_declared(cluster)
+
+
+async def test_the_emulator_serves_namespaces_as_the_api_server_does(cluster: EmulatedCluster, user: User) -> None:
+    created = await user.create(namespace("team-a", {"team": "a"}))
+    assert created["metadata"]["labels"] == {"team": "a", "kubernetes.io/metadata.name": "team-a"}
+    base = cluster.url + NAMESPACES.path()
+    async with user.session.post(base, json=namespace("team-a")) as r:
+        assert r.status == 409 and (await r.json())["reason"] == "AlreadyExists"
+    stale = {"metadata": {"resourceVersion": "1", "labels": {"team": "b"}}}
+    async with user.session.patch(base + "/team-a", json=stale,
+                                  headers={"Content-Type": "application/merge-patch+json"}) as r:
+        assert r.status == 409
+    await user.create(local_queue("implicit", "lq", "cq"))  # a namespaced object creates its namespace
+    async with user.session.get(base) as r:
+        listing = await r.json()
+    assert [n["metadata"]["name"] for n in listing["items"]] == ["default", "implicit", "team-a"]
+    since = listing["metadata"]["resourceVersion"]
+
+    relabelled = await user.patch(NAMESPACES, None, "team-a", {"metadata": {"labels": {"team": None, "x": "y"}}})
+    assert relabelled["metadata"]["labels"] == {"x": "y", "kubernetes.io/metadata.name": "team-a"}
+    await user.delete(NAMESPACES, None, "implicit")
+    assert await user.get(NAMESPACES, None, "implicit") is None
+    async with user.session.get(base, params={"watch": "true", "resourceVersion": since, "timeoutSeconds": "1"}) as r:
+        events = [json.loads(line) for line in (await r.text()).splitlines()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("MODIFIED", "team-a"),
+                                                                              ("DELETED", "implicit")]
+    assert {("", "namespaces", "watch"), ("", "namespaces", "delete")} <= {
+        (c.group, c.plural, c.verb) for c in cluster.calls()}

@@ -5,9 +5,9 @@ object parsed, every pod bound, the quota tree and usage made anew), run on a fr
 `ClusterState` holding the same objects. After every change of a random history (Workloads
 queued, admitted, evicted, requeued, finished and deleted, Jobs deleted, pods bound, finished
 and deleted, Nodes changed, priority classes and ClusterQueues edited, objects without a
-resourceVersion, time passing), the incremental snapshot must be the one the reference builds:
-admitted and pending workloads, usage, quota tree, every node's free capacity and devices,
-entries, skipped workloads.
+resourceVersion, Namespaces labelled, relabelled and deleted, time passing), the incremental
+snapshot must be the one the reference builds: admitted and pending workloads, usage, quota tree,
+every node's free capacity and devices, namespace labels, entries, skipped workloads.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from admission.snapshot import (
     parse_tessera,
 )
 from admission.state import ClusterState, key_of, pod_is_live
-from admission.testing import GPU, cluster_queue, flavor, job, local_queue, node, pod, priority_class
+from admission.testing import GPU, cluster_queue, flavor, job, local_queue, namespace, node, pod, priority_class
 from scheduler.cluster import Binding, Cluster, PodRequest
 from scheduler.snapshot import Admitted, Pending, build_snapshot
 from scheduler.workload import parse_timestamp, resolve_priority
@@ -152,11 +152,12 @@ def reference_cycle(state: ClusterState, now: float) -> Cycle:
             evicted=wl.is_evicting(entry.workload),
         ))
 
+    labels = {name: dict((ns.get("metadata") or {}).get("labels") or {}) for (_, name), ns in state.items("namespaces")}
     snapshot = build_snapshot(
         now=now, cluster=cluster, cluster_queues=_ref_objects(state, "clusterqueues"),
         cohorts=_ref_objects(state, "cohorts"), flavors=flavors.values(),
         local_queues=_ref_objects(state, "localqueues"), admitted=admitted, pending=pending,
-        topologies=topologies.values())
+        topologies=topologies.values(), namespace_labels=labels)
     return Cycle(snapshot=snapshot, entries=entries, flavors=flavors, topologies=topologies, skipped=skipped,
                  queued={p.key: p.queued_at for p in pending})
 
@@ -246,6 +247,7 @@ class World:
         self.put("workloadpriorityclasses", priority_class("high", 100))
         for i in range(3):
             self.put("nodes", node(f"n{i}", 8, {"gpu": "a100"}))
+        self.put("namespaces", namespace(NS, {"kubernetes.io/metadata.name": NS}))
 
     def next_rv(self) -> str:
         self.rv += 1
@@ -415,6 +417,12 @@ def apply_op(world: World, op: tuple[str, int, int, int]) -> None:
             world.delete("workloads", NS, f"pytorchjob-{jobname}")
         else:
             world.unwatched_admitted(jobname, gpus=b % 4 + 1)
+    elif name == "namespace":
+        which = (NS, "other")[a % 2]
+        if b % 4 == 3:
+            world.delete("namespaces", "", which)
+        else:
+            world.put("namespaces", namespace(which, {"team": f"t{c % 3}"} if b % 4 else {}))
     elif name == "time":
         world.now += 1 + b
     elif name == "policy_touches_cluster":
@@ -425,7 +433,7 @@ def apply_op(world: World, op: tuple[str, int, int, int]) -> None:
 
 OPS = ["submit", "submit", "submit", "admit", "admit", "admit", "evict", "evict", "release", "finish", "deactivate", "delete_workload",
        "delete_job", "pod", "pod", "pod", "finish_pod", "delete_pod", "node", "delete_node", "priority",
-       "cluster_queue", "local_queue", "unwatched", "time", "time", "policy_touches_cluster"]
+       "cluster_queue", "local_queue", "unwatched", "namespace", "time", "time", "policy_touches_cluster"]
 
 op_strategy = st.tuples(st.sampled_from(OPS), st.integers(0, 11), st.integers(0, 11), st.integers(0, 11))
 
@@ -475,6 +483,7 @@ def test_a_scripted_history_covers_every_kind_of_change() -> None:
         ("submit", 0, 1, 1),  # a new version of an admitted Workload's Job (the Workload stays)
         ("evict", 0, 0, 0), ("release", 0, 1, 0), ("admit", 0, 0, 0),
         ("priority", 0, 5, 0), ("cluster_queue", 0, 3, 1), ("local_queue", 0, 0, 0),
+        ("namespace", 0, 1, 0), ("namespace", 1, 2, 1), ("namespace", 0, 3, 0),  # labelled, another, deleted
         ("unwatched", 2, 1, 0), ("finish", 2, 0, 0), ("delete_job", 1, 0, 0),
         ("deactivate", 3, 0, 0), ("delete_node", 2, 0, 0), ("time", 0, 5, 0),
         ("policy_touches_cluster", 0, 0, 0), ("delete_workload", 0, 0, 0),
@@ -566,6 +575,59 @@ def test_a_priority_class_change_reaches_unchanged_workloads() -> None:
     world.put("workloadpriorityclasses", priority_class("high", 7))
     cycle = assert_same_as_from_scratch(world.state, world.now)
     assert cycle.snapshot.pending[0].workload.priority == 7
+
+
+def test_a_relabelled_namespace_changes_what_the_next_snapshot_admits() -> None:
+    from scheduler.kueue import KueuePolicy
+
+    world = World()
+    world.put("clusterqueues", cluster_queue("cq2", {"a100": 8}, cohort="co",
+                                             namespaceSelector={"matchLabels": {"team": "a"}}))
+    world.submit("j0", gpus=1, parallelism=1, queue="lq2", priority=None)
+    first = assert_same_as_from_scratch(world.state, world.now)
+    assert first.snapshot.namespace_labels == {NS: {"kubernetes.io/metadata.name": NS}}
+    decisions = KueuePolicy().schedule(first.snapshot)
+    assert not decisions.admissions and "namespaceSelector" in decisions.pending["ns/job-j0"]
+    again = build_cycle(world.state, world.now)
+    assert again.snapshot.namespace_labels is first.snapshot.namespace_labels  # no Namespace changed: kept
+
+    world.put("namespaces", namespace(NS, {"kubernetes.io/metadata.name": NS, "team": "a"}))
+    relabelled = assert_same_as_from_scratch(world.state, world.now)
+    assert relabelled.snapshot.namespace_labels[NS]["team"] == "a"
+    assert first.snapshot.namespace_labels[NS] == {"kubernetes.io/metadata.name": NS}  # never changed in place
+    assert [a.key for a in KueuePolicy().schedule(relabelled.snapshot).admissions] == ["ns/job-j0"]
+
+    world.delete("namespaces", "", NS)  # gone (or not watched): only its name is left to match
+    assert assert_same_as_from_scratch(world.state, world.now).snapshot.namespace_labels == {}
+
+
+def test_a_relabelling_requeues_the_namespaces_pending_workloads_the_policy_set_aside() -> None:
+    from admission import scheduling
+    from scheduler.kueue import KueuePolicy
+
+    world = World()
+    world.put("namespaces", namespace("other", {"team": "b"}))
+    world.submit("j0", gpus=8, parallelism=4, queue="lq", priority=None)  # 32 GPUs: more than the cohort has
+    world.submit("j1", gpus=1, parallelism=1, queue="lq", priority=None)
+    world.admit("j1")
+    controller = scheduling.Controller(None, world.state, lambda: KueuePolicy())  # type: ignore[arg-type]
+    assert controller.requeue_relabelled() == []  # the first pass only looks
+    decisions = controller.policy.schedule(build_cycle(world.state, world.now).snapshot)
+    assert "ns/job-j0" in decisions.pending and "ns/job-j0" in controller.policy.state.inadmissible
+
+    world.put("namespaces", namespace("other", {"team": "c"}))  # another namespace: nothing of ns forgotten
+    assert controller.requeue_relabelled() == []
+    assert controller.requeue_relabelled() == [] and "ns/job-j0" in controller.policy.state.inadmissible
+    world.put("namespaces", namespace(NS, {"kubernetes.io/metadata.name": NS}))  # a new version, same labels
+    assert controller.requeue_relabelled() == [] and "ns/job-j0" in controller.policy.state.inadmissible
+
+    world.put("namespaces", namespace(NS, {"kubernetes.io/metadata.name": NS, "team": "a"}))
+    assert controller.requeue_relabelled() == ["ns/job-j0"]  # pending only: j1 holds quota
+    assert "ns/job-j0" not in controller.policy.state.inadmissible
+    assert controller.requeue_relabelled() == []  # once
+    world.delete("namespaces", "", NS)
+    assert controller.requeue_relabelled() == ["ns/job-j0"]
+    assert scheduling.forget_set_aside(object(), ["ns/job-j0"]) == 0  # a policy without such memory
 
 
 @pytest.mark.parametrize("count", [0, 3])

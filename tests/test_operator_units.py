@@ -456,3 +456,79 @@ def test_metrics_follow_the_snapshot() -> None:
                  "tessera_cluster_queue_weighted_share", "tessera_scheduling_cycle_seconds",
                  "tessera_solver_outcomes_total", "tessera_gpu_allocation_ratio"):
         assert f"# TYPE {name} " in text
+
+
+# --- kopf: no diff base for event handlers ------------------------------------------------------------
+
+
+def test_kopf_builds_no_diff_base_while_every_handler_is_an_event_handler() -> None:
+    import kopf
+
+    from admission.operator import EventOnlyDiffBase, EventOnlyProgress, Operator, OperatorConfig, only_event_handlers
+
+    operator = Operator(OperatorConfig(webhook_port=19443, webhook_insecure=True, policy="kueue", metrics_port=0,
+                                       health_port=0, login=lambda: kopf.ConnectionInfo(server="http://127.0.0.1:1")))
+    assert only_event_handlers(operator.registry)  # one on.event per watched kind, the webhooks, the login
+    persistence = operator.kopf_settings().persistence
+    storage, progress = persistence.diffbase_storage, persistence.progress_storage
+    assert isinstance(storage, EventOnlyDiffBase) and isinstance(progress, EventOnlyProgress)
+    body = kopf.Body(with_meta(job("ns", "j", "lq")))
+    assert storage.build(body=body) == {} and storage.fetch(body=body) is None
+    essence = storage.build(body=body)
+    assert progress.clear(essence=essence) is essence and progress.fetch(key="watch-jobs", body=body) is None
+    patch = kopf.Patch()
+    storage.store(body=body, patch=patch, essence=essence)
+    progress.touch(body=body, patch=patch, value="x")
+    progress.purge(key="watch-jobs", body=body, patch=patch)
+    assert not patch  # nothing is ever written to the object
+
+    # A change handler reads the diff base (and its progress): kopf's own storage is kept then.
+    kopf.on.update("batch", "v1", "jobs", registry=operator.registry)(lambda **_: None)
+    assert not only_event_handlers(operator.registry)
+    kept = operator.kopf_settings().persistence
+    assert not isinstance(kept.diffbase_storage, EventOnlyDiffBase)
+    assert not isinstance(kept.progress_storage, EventOnlyProgress)
+    assert kept.diffbase_storage.build(body=body)["spec"]["parallelism"] == 1
+
+
+# --- the ledger is written off the pass, in order ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_ledger_writes_are_queued_in_order_and_never_awaited_by_the_pass() -> None:
+    import asyncio
+    import threading
+
+    from admission.scheduling import Controller
+
+    release = threading.Event()
+    written: list[tuple[str, str]] = []
+
+    class SlowLedger:
+        """A ledger whose first write waits for the test (a SQLite commit waiting for the database lock)."""
+
+        def record_admission(self, key: str, **_: Any) -> None:
+            release.wait(timeout=10)
+            written.append(("admission", key))
+
+        def record_end(self, key: str, **_: Any) -> None:
+            written.append(("end", key))
+
+        def broken(self, key: str) -> None:
+            raise RuntimeError("disk full")
+
+    controller = Controller(None, state_of(), lambda: None, ledger=SlowLedger())  # type: ignore[arg-type]
+    admitted = _workload(rv="5")
+    admitted["status"] = wl.admitted_status(admitted, _record(), NOW)
+    controller._ledger_admission("ns/job-j", admitted)  # returns at once: the write waits on its own thread
+    controller._ledger_admission("ns/job-j", admitted)  # once per process
+    controller._ledger("broken", "ns/job-j")  # a failing write is logged, the others go on
+    controller._ledger("record_end", "ns/job-j", at=1.0, reason="Finished")
+    await asyncio.sleep(0.05)
+    assert written == []
+    release.set()
+    await controller.flush_ledger()
+    assert written == [("admission", "ns/job-j"), ("end", "ns/job-j")]
+    controller._ledger("record_end", "ns/job-k", at=2.0, reason="Finished")  # a new writer after a flush
+    await controller.flush_ledger()
+    assert written[-1] == ("end", "ns/job-k")
