@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from quotas.api import ClusterQueuePreemption, FairSharingConfig
@@ -93,6 +93,12 @@ class AdmittedWorkload:
     usage: Mapping[FlavorResource, int]
     evicted: bool = False
     queued_at: float = 0.0
+    frs: frozenset[FlavorResource] = field(init=False, repr=False, compare=False)
+    """The FlavorResources it uses (a positive amount of): a preemptor's search asks this of every
+    admitted workload, so it is computed once."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frs", frozenset(fr for fr, v in self.usage.items() if v > 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +167,7 @@ def workload_fits(
 
 
 def _uses(w: AdmittedWorkload, frs: frozenset[FlavorResource]) -> bool:
-    return any(v > 0 and fr in frs for fr, v in w.usage.items())
+    return not w.frs.isdisjoint(frs)
 
 
 def _satisfies_policy(policy: str, preemptor: Preemptor, cand: AdmittedWorkload) -> bool:

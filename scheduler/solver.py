@@ -494,6 +494,9 @@ class TesseraPolicy:
         gone: set[str] = set()
         everyone = [a.as_candidate() for a in snapshot.admitted]
         tried = 0
+        # Preemptors that found nothing to preempt, by what the search reads of them: an identical
+        # one finds nothing either until a preemption changes the usage and the pool.
+        fruitless: set[tuple[object, ...]] = set()
         for cand in candidates:
             policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
             if policy.within_cluster_queue == "Never" and policy.reclaim_within_cohort == "Never":
@@ -501,8 +504,16 @@ class TesseraPolicy:
             if tried >= MAX_PREEMPTORS:
                 break
             tried += 1
-            pool = [w for w in everyone if w.key not in gone] if gone else everyone
             allowed = {ps.info.name: {f for o in ps.options for f in o.flavors.values()} for ps in cand.podsets}
+            same = (
+                cand.cluster_queue,
+                cand.priority,
+                cand.queued_at if policy.within_cluster_queue == "LowerOrNewerEqualPriority" else None,
+                tuple((ps.info.name, ps.count, ps.pod.items, frozenset(allowed[ps.info.name])) for ps in cand.podsets),
+            )
+            if same in fruitless:
+                continue
+            pool = [w for w in everyone if w.key not in gone] if gone else everyone
             probe = Preemptor(cand.key, cand.cluster_queue, cand.priority, {}, cand.queued_at)
             oracle = preemption_oracle(tree, usage, probe, pool, fair_sharing=fair)
             assignment = assign_flavors(
@@ -515,12 +526,14 @@ class TesseraPolicy:
                 oracle=oracle,
             )
             if assignment.mode != AssignmentMode.PREEMPT or len(assignment.podsets) != len(cand.podsets):
+                fruitless.add(same)
                 continue
             preemptor = Preemptor(cand.key, cand.cluster_queue, cand.priority, dict(assignment.usage), cand.queued_at)
             result = find_victims(
                 tree, usage, preemptor, pool, needs_preemption=assignment.preempt_frs, fair_sharing=fair
             )
             if not result.victims:
+                fruitless.add(same)
                 continue
             if cluster is None:
                 cluster = chosen.placer.cluster.copy()
@@ -546,6 +559,7 @@ class TesseraPolicy:
                     )
                 )
             usage = result.usage_after.admit(cand.cluster_queue, assignment.usage)  # keep the freed quota for it
+            fruitless.clear()
             decisions.nominations[cand.key] = nodes
             need = ", ".join(f"{format_amount(v, r)} {r} in {f}" for (f, r), v in sorted(assignment.usage.items()) if v)
             decisions.pending[cand.key] = (
