@@ -309,22 +309,15 @@ class NodeInfo:
         return text
 
     def copy(self) -> NodeInfo:
-        """A copy sharing the static parts (labels, taints, allocatable) and owning the mutable ones."""
-        return NodeInfo(
-            name=self.name,
-            labels=self.labels,
-            taints=self.taints,
-            allocatable=self.allocatable,
-            unschedulable=self.unschedulable,
-            ready=self.ready,
-            used=dict(self.used),
-            devices={name: list(frees) for name, frees in self.devices.items()},
-            pod_count=self.pod_count,
-            nonzero_cpu=self.nonzero_cpu,
-            nonzero_memory=self.nonzero_memory,
-            state_id=self.state_id,
-            index=self.index,
-        )
+        """A copy sharing the static parts (labels, taints, allocatable) and owning the mutable ones.
+
+        Built without ``__init__`` (every field taken over, then the mutable ones replaced): each
+        scheduling cycle copies the whole cluster a few times."""
+        other = object.__new__(NodeInfo)
+        other.__dict__.update(self.__dict__)
+        other.used = dict(self.used)
+        other.devices = {name: list(frees) for name, frees in self.devices.items()}
+        return other
 
 
 @dataclass

@@ -59,7 +59,12 @@ class Admitted:
         return all(len(p.nodes) >= p.count for p in self.podsets)
 
     def as_candidate(self) -> AdmittedWorkload:
-        """The quota engine's view of this workload, for preemption."""
+        """The quota engine's view of this workload, for preemption (one per object: every cycle
+        that looks for victims asks it of every admitted workload)."""
+        return self._candidate
+
+    @functools.cached_property
+    def _candidate(self) -> AdmittedWorkload:
         return AdmittedWorkload(
             key=self.key,
             cluster_queue=self.cluster_queue,

@@ -288,6 +288,11 @@ class TesseraPolicy:
         placer = Placer(snapshot, reservations=reservations)
         admitted, reasons = greedy_cycle(prepared, placer)
         best = _Outcome(admitted, reasons, placer)
+        everything = len(admitted) == len(prepared.candidates) and all(
+            n == ps.count for p in admitted for ps, (_, n) in zip(p.candidate.podsets, p.choice)
+        )
+        if everything:  # every candidate whole: Kueue's cycle cannot admit more
+            return best
         other = self._kueue_baseline(snapshot, prepared, reservations)
         if other is not None:
             accel = snapshot.cluster.accelerators
