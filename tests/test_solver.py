@@ -527,6 +527,21 @@ def test_no_preemption_when_the_policy_says_never() -> None:
     assert d.preemptions == []
 
 
+def test_identical_preemptors_each_get_a_victim_and_identical_losers_each_a_reason() -> None:
+    """Preemptors alike in queue, priority and shape: a search that found nothing is not repeated
+    for the next one alike, but one that preempted changes the state, so the next is searched."""
+    cluster = Cluster([node("n0"), node("n1")])
+    lows = [running(cluster, f"low{i}", f"n{i}", 8, priority=0, admitted_at=10.0 + i) for i in range(2)]
+    highs = [workload(f"high{i}", 8, priority=100, created=50 + i) for i in range(3)]
+    snap = snapshot(cluster, [cq("cq", 16, preemption={"withinClusterQueue": "LowerPriority"})], pending(*highs), admitted=lows)
+    d = run(snap)
+    assert sorted((p.key, p.preemptor) for p in d.preemptions) == [("default/low0", "default/high1"), ("default/low1", "default/high0")]
+    assert "waiting for 1 preempted workload" in d.pending["default/high0"]
+    assert "waiting for 1 preempted workload" in d.pending["default/high1"]
+    assert "default/high2" in d.pending and "waiting for" not in d.pending["default/high2"]
+    assert set(d.nominations) == {"default/high0", "default/high1"}
+
+
 def test_reclaim_within_cohort() -> None:
     cluster = Cluster([node("n0")])
     lender_use = running(cluster, "borrower", "n0", 8, priority=0, queue="team-b")
