@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from quotas.api import ClusterQueuePreemption, FairSharingConfig
 from quotas.fair_sharing import (
@@ -240,8 +240,9 @@ class _Variant(enum.IntEnum):
         return PreemptionReason.IN_COHORT_RECLAMATION
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
+class _Candidate(NamedTuple):
+    """A possible victim (a tuple: a search builds one per admitted workload it considers)."""
+
     workload: AdmittedWorkload
     lca: Node | None
     variant: _Variant
@@ -275,9 +276,10 @@ def _classify(ctx: _Context, w: AdmittedWorkload, advantage: bool) -> _Variant:
 
 def _from_queue(ctx: _Context, cq: Node, lca: Node | None, advantage: bool) -> list[_Candidate]:
     out = []
+    never = _Variant.NEVER
     for w in ctx.by_cq.get(cq.name, ()):
         variant = _classify(ctx, w, advantage)
-        if variant != _Variant.NEVER:
+        if variant is not never:
             out.append(_Candidate(w, lca, variant))
     return out
 
