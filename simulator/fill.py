@@ -42,7 +42,8 @@ Placement rules (``scoring``):
   FGD's integer score over the trace's (cpu, GPU) task distribution, exactly as ``fgd``, with
   its ties broken by the least growth of `Stranding` (GPU the node's free CPU cannot carry at
   the distribution's CPU per GPU) plus `RepeatFit` (the free GPU each task class could not use
-  even if copies of it filled the node), both over the (cpu, memory, GPU) task distribution,
+  even if copies of it filled the node), both over the (cpu, memory, GPU) task distribution
+  (`RepeatFit` also over the scarce classes the 95% cut leaves out, `repeat_fit_distribution`),
   then by the seeded node order; with ``batch`` > 1, each window of up to 16 arrivals is placed
   in arrival order or GPU-shares-first order (`_batch_rank`), whichever places more GPU, then
   adds less fragmentation.
@@ -89,8 +90,10 @@ __all__ = [
     "TesseraFillScorer",
     "allocation_at",
     "arrival_order",
+    "class_reach",
     "default_levels",
     "pod_list",
+    "repeat_fit_distribution",
     "run_fill",
     "run_fill_policies",
 ]
@@ -300,6 +303,9 @@ TESSERA_LOOKAHEAD: tuple[str, ...] = ("stranding", "repeat")
 order): ``stranding`` (`Stranding`) and ``repeat`` (`RepeatFit`), both in milli-GPU."""
 TESSERA_STRANDING_RESOURCES: tuple[str, ...] = ("cpu",)
 """The resources `Stranding` weighs against free GPU (adding memory measured no better)."""
+TESSERA_SCARCE = 0.2
+"""`repeat_fit_distribution` adds a GPU task class the 95% popularity cut leaves out when its share of
+the GPU demand is at least this fraction of its reach (the share of the GPU capacity that can host it)."""
 _MEASURES = ("stranding", "repeat")
 
 
@@ -416,20 +422,67 @@ class RepeatFit:
         return self.value(free, tuple(sorted(node.devices.get(self.gpu, ()), reverse=True)), self.access(node))
 
 
+def class_reach(task: TaskClass, nodes: Sequence[NodeInfo], gpu_resource: str = GPU_RESOURCE) -> float:
+    """The share of the nodes' GPU capacity on nodes where one copy of ``task`` fits as the nodes
+    are now (on an empty cluster: where it could ever run), labels and taints included."""
+    total = sum(node.allocatable.get(gpu_resource, 0) for node in nodes)
+    if not total:
+        return 0.0
+    constraints = task.constraints
+    reach = sum(node.allocatable.get(gpu_resource, 0) for node in nodes
+                if (constraints.unconstrained or (constraints.matches_labels(node.labels, node.name)
+                                                  and constraints.tolerates(node.taints)))
+                and node.fits(task.request))
+    return reach / total
+
+
+def repeat_fit_distribution(tasks: Iterable[tuple[PodRequest, NodeConstraints]], nodes: Sequence[NodeInfo],
+                            gpu_resource: str = GPU_RESOURCE, popularity_threshold: float = 0.95,
+                            scarce: float = TESSERA_SCARCE) -> TaskDistribution:
+    """The task classes `RepeatFit` weighs for ``tessera``: the (cpu, memory, GPU) shapes the popularity
+    cut keeps, plus the scarce GPU classes it leaves out, over ``nodes`` as they are (an empty cluster).
+
+    A class is scarce when its share of the GPU demand (``p x gpu / mean gpu per task``, ``p`` its
+    share of all tasks) is at least ``scarce`` x its `class_reach`: few nodes can host it, and it needs
+    a fair part of them (on openb's ``multigpu40``, 8-GPU tasks of 120 CPU: 0.2% of the pods each, 3%
+    of the GPU demand, hostable only on the 39 nodes of 128 CPU, 5% of the GPUs). The kept classes weigh
+    their popularity within the cut, as before; a scarce class ``p / reach`` on the same scale: its
+    demand on the capacity that can serve it. A class that fits no node is left out. Without scarce
+    classes this is the cut itself.
+    """
+    tasks = list(tasks)
+    full = TaskDistribution.from_requests(tasks, popularity_threshold=1.0, gpu_resource=gpu_resource)
+    cut = TaskDistribution.from_requests(tasks, popularity_threshold=popularity_threshold, gpu_resource=gpu_resource)
+    kept = {(c.request, c.constraints) for c in cut.classes}
+    covered = sum(c.popularity for c in full.classes if (c.request, c.constraints) in kept)
+    mean_gpu = sum(c.popularity * c.request.get(gpu_resource) for c in full.classes)
+    classes = list(cut.classes)
+    for c in full.classes:
+        gpu = c.request.get(gpu_resource)
+        if (c.request, c.constraints) in kept or not gpu or not mean_gpu:
+            continue
+        reach = class_reach(c, nodes, gpu_resource)
+        if reach > 0 and c.popularity * gpu / mean_gpu >= scarce * reach:
+            classes.append(TaskClass(c.request, c.popularity / covered / reach, c.constraints))
+    return TaskDistribution(tuple(classes))
+
+
 class TesseraFillScorer(FGDScorer):
     """tessera's fill-mode rule: FGD's integer score (`evaluate`, as ``fgd`` scores), and `tie_breaks`.
 
     Among the nodes with the best score, the least `growth` of the lookahead measures (`Stranding`
     plus `RepeatFit`, milli-GPU, rounded to 1 milli) when the pod lands there (a share on the
     device FGD chose) wins; then the first in node order. ``dist`` is FGD's task distribution
-    (over CPU and GPU, as ``fgd``); ``lookahead`` the one the measures use (CPU, memory and GPU).
+    (over CPU and GPU, as ``fgd``); ``lookahead`` the one the measures use (CPU, memory and GPU);
+    ``repeat`` the one `RepeatFit` uses if not ``lookahead`` (`repeat_fit_distribution` in fill runs).
     """
 
     name = "TesseraFill"
 
     def __init__(self, dist: TaskDistribution, lookahead: TaskDistribution | None = None,
                  gpu_resource: str = GPU_RESOURCE, measures: Sequence[str] = TESSERA_LOOKAHEAD,
-                 stranding_resources: Sequence[str] = TESSERA_STRANDING_RESOURCES) -> None:
+                 stranding_resources: Sequence[str] = TESSERA_STRANDING_RESOURCES,
+                 repeat: TaskDistribution | None = None) -> None:
         super().__init__(dist, gpu_resource, reference_scoring=True)
         unknown = [m for m in measures if m not in _MEASURES]
         if unknown:
@@ -437,7 +490,7 @@ class TesseraFillScorer(FGDScorer):
         self.measures = tuple(measures)
         lookahead = lookahead or dist
         self.stranding = Stranding(lookahead, gpu_resource, stranding_resources)
-        self.repeat = RepeatFit(lookahead, gpu_resource)
+        self.repeat = RepeatFit(repeat if repeat is not None else lookahead, gpu_resource)
 
     def devices_after(self, node: NodeInfo, pod: PodRequest, prefer: Mapping[str, int] | None) -> list[int]:
         """The node's free device amounts once ``pod`` is bound with ``prefer`` (the devices `Cluster.bind` takes)."""
@@ -683,7 +736,9 @@ class FillRun:
         name = self.policy_name
         assert self.pods is not None
         if name == "tessera":
-            return TesseraFillScorer(_distribution(self.pods, ("cpu", GPU_RESOURCE)), _distribution(self.pods, None)), "order"
+            repeat = repeat_fit_distribution(((p.request, p.constraints) for p in self.pods), list(self.cluster))
+            return TesseraFillScorer(_distribution(self.pods, ("cpu", GPU_RESOURCE)), _distribution(self.pods, None),
+                                     repeat=repeat), "order"
         scorer_for = getattr(self.policy, "scorer_for", None)
         if self.config.scoring == "policy":
             if scorer_for is None:

@@ -496,6 +496,45 @@ def test_repeat_fit_counts_what_the_last_copy_leaves() -> None:
     assert stranding.value(8000, {"cpu": 48000}) == pytest.approx(4000)
 
 
+SCARCE_NODES = "".join(f"a{i},96000,393216,8,G2\n" for i in range(4)) + "b0,128000,786432,8,G3\n"
+# 97 common 1-GPU pods, two 8-GPU pods of 120 CPU (only b0 hosts them), a rare 1-GPU pod that fits
+# everywhere, and an 8-GPU pod of 200 CPU that fits nowhere: the 95% cut keeps the common class alone.
+SCARCE_PODS = ("".join(f"g{i:02d},12000,16384,1,1000,\n" for i in range(97)) + "x0,120000,16384,8,1000,\n"
+               + "x1,120000,16384,8,1000,\n" + "r0,2000,16384,1,1000,\n" + "z0,200000,16384,8,1000,\n")
+
+
+def test_repeat_fit_distribution_adds_scarce_classes(tmp_path: Path) -> None:
+    """A class the popularity cut leaves out joins the repeat-fit measure, weighing p / reach, when its
+    share of the GPU demand is at least 0.2 times its reach; then breaking the only node that hosts it
+    costs tessera's lookahead what that class loses there."""
+    from scheduler.fgd import TaskClass
+    from simulator.fill import TESSERA_SCARCE, class_reach, repeat_fit_distribution
+
+    run = FillRun(setup_of(write_trace(tmp_path, SCARCE_NODES, SCARCE_PODS)), "tessera", FillConfig(seed=1))
+    nodes = list(run.cluster)
+    tasks = [(p.request, p.constraints) for p in run.pods or []]
+    common, scarce, rare, nowhere = (pod_named(run, name).request for name in ("g00", "x0", "r0", "z0"))
+    assert class_reach(TaskClass(scarce, 1.0), nodes) == pytest.approx(8 / 40)
+    assert class_reach(TaskClass(rare, 1.0), nodes) == class_reach(TaskClass(common, 1.0), nodes) == 1.0
+    assert class_reach(TaskClass(nowhere, 1.0), nodes) == 0.0
+    # GPU demand share of the 120-CPU class: 16 of 122 GPUs (0.13) >= 0.2 x reach 0.2; the rare class: 1/122 < 0.2
+    dist = repeat_fit_distribution(tasks, nodes)
+    assert [(c.request, round(c.popularity, 6)) for c in dist.classes] == [
+        (common, 1.0), (scarce, round((2 / 101) / (97 / 101) / 0.2, 6))]
+    assert TESSERA_SCARCE == 0.2
+    assert [c.request for c in repeat_fit_distribution(tasks, nodes, scarce=1.0).classes] == [common]
+    assert [c.request for c in run.scorer.repeat.classes] == [common, scarce]
+    # a common pod on the 128-CPU node ends its ability to host the 120-CPU class: 7 free GPUs at weight w;
+    # on a 96-CPU node that class never fitted, so its (already counted) free GPU only shrinks
+    weight = dist.classes[1].popularity
+    a0, b0 = run.cluster.node("a0"), run.cluster.node("b0")
+    assert run.scorer.repeat_growth(b0, common) == pytest.approx(7000 * weight)
+    assert run.scorer.repeat_growth(a0, common) == pytest.approx(-1000 * weight)
+    assert run.scorer.evaluate(a0, common)[0] == run.scorer.evaluate(b0, common)[0]  # FGD ties: the lookahead decides
+    run.node_rank = {"b0": 0, **{f"a{i}": i + 1 for i in range(4)}}
+    assert run._place(pod_named(run, "g00")).node == "a0"  # noqa: SLF001
+
+
 def test_config_validation() -> None:
     for bad in (FillConfig(inflate=0), FillConfig(inflate=-1.0), FillConfig(inflate=float("nan")),
                 FillConfig(batch=0), FillConfig(scoring="best"), FillConfig(sample_every=0)):  # type: ignore[arg-type]
