@@ -38,6 +38,17 @@ Admission is by quota only (except TAS): the admissions carry ``nodes=()`` and t
 placed later, pod by pod, by `bind_pending_pods` as kube-scheduler would; pods that do not
 fit stay Pending and keep the quota reserved (``waitForPodsReady`` is the simulator's job).
 
+**Cost per cycle.** A busy instant runs many cycles (a BestEffortFIFO queue sets one head
+aside per cycle), so the policy keeps between cycles what Kueue's queue manager keeps
+(`QueueState`): the queues themselves, sorted and updated from what changed between two
+snapshots (`scheduler.kueue_queues.QueueManager`), each admitted workload's preemption
+candidate, and the nominations of a world that did not change (`_NominationMemo`: the
+look-alike heads behind a set-aside one are nominated once). Every kept item is checked
+against the snapshot before it is used; ``QueueState(incremental=False)`` recomputes all of
+it every cycle and decides exactly the same (tests/test_kueue_incremental.py). What remains
+proportional to the pending set is one reason per pending workload per cycle (the decisions
+carry them).
+
 Driving it (one policy object per run: it keeps the queue manager's state)::
 
     decisions = policy.schedule(snapshot)
@@ -76,6 +87,7 @@ from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, re
 from scheduler.fgd import FGDScorer, TaskDistribution
 from scheduler.flavors import flavor_nodes, podset_fits_flavor
 from scheduler.kueue_reasons import explain_quota, preemption_policy_text
+from scheduler.kueue_queues import BLOCKED_REASON, QueueManager, QueueView, Untrackable, backoff_reason
 from scheduler.kueue_tas import TASPlacement, TASPlanner, constraints_with_flavors, domain_nodes, tas_flavor_of
 from scheduler.placement import RandomScorer, Scorer, bin_packing, default_profile, place_podset
 from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot
@@ -144,28 +156,133 @@ class _SetAside:
     physical: bool
 
 
+class _NominationMemo:
+    """Nominations and quota reasons of the cycles that saw one unchanged world.
+
+    A BestEffortFIFO queue sets one head aside per cycle, and a busy instant runs many
+    cycles in which nothing is admitted: the next heads are nominated against the same
+    usage and the same preemption candidates, and most of them look alike (same podsets,
+    priority and ClusterQueue). Their nomination is a pure function of that world and of
+    the workload's shape, so it is computed once. The world is checked before every use:
+    the quota tree, flavors, ClusterQueues, topologies and configuration by identity, the
+    usage by identity (`Usage` is immutable), and the preemption candidates by the identity
+    of every candidate object (a preemption in flight replaces its victim's). Anything
+    else empties the memo. Workloads with topology requests are never memoised (their
+    nomination reads the TAS state of the cycle).
+    """
+
+    def __init__(self) -> None:
+        self.env: tuple[object, ...] | None = None
+        self.candidate_ids: tuple[int, ...] = ()
+        self._keep: list[AdmittedWorkload] = []
+        self.entries: dict[tuple[object, ...], _Entry] = {}
+        self.candidates: dict[tuple[object, ...], list[AdmittedWorkload]] = {}
+        self.reasons: dict[tuple[int, str, int], tuple[Assignment, Usage, str]] = {}
+
+    def check(self, env: tuple[object, ...], candidates: Iterable[AdmittedWorkload]) -> None:
+        """Empty the memo unless ``env`` (compared by identity) and the candidates are unchanged."""
+        keep = list(candidates)
+        ids = tuple(map(id, keep))
+        if (
+            self.env is not None
+            and len(env) == len(self.env)
+            and all(a is b for a, b in zip(env, self.env))
+            and ids == self.candidate_ids
+        ):
+            return
+        self.env, self.candidate_ids, self._keep = env, ids, keep
+        self.entries.clear()
+        self.candidates.clear()
+        self.reasons.clear()
+
+
 @dataclass
 class QueueState:
     """What Kueue's queue manager remembers between cycles: the inadmissible (set-aside)
     workloads of BestEffortFIFO queues, the sticky preemptor of each ClusterQueue, and what
-    was admitted last time (to notice quota being released)."""
+    was admitted last time (to notice quota being released).
+
+    With ``incremental`` (the default) it also keeps the queues themselves
+    (`scheduler.kueue_queues.QueueManager`), the preemption candidates of the admitted
+    workloads, and memoised nominations, so that a cycle costs what changed rather than the
+    whole pending set; every cached item is validated against the snapshot (see those
+    classes). ``incremental=False`` rebuilds everything every cycle (the reference the
+    incremental path is tested against).
+    """
 
     inadmissible: dict[str, _SetAside] = field(default_factory=dict)
     sticky: dict[str, tuple[str, Token]] = field(default_factory=dict)
     last_admitted: dict[tuple[str, str], frozenset[str]] | None = None
     last_schedulable: frozenset[str] | None = None
     cycles: int = 0
+    incremental: bool = True
+    queues: QueueManager = field(default_factory=QueueManager, repr=False)
+    memo: _NominationMemo = field(default_factory=_NominationMemo, repr=False)
+    _by_root: dict[tuple[str, str], set[str]] = field(default_factory=dict, repr=False)
+    _physical: set[str] = field(default_factory=set, repr=False)
+    _admitted_seen: tuple[list[Admitted], int] | None = field(default=None, repr=False)
+    _candidates: dict[str, tuple[Admitted, AdmittedWorkload]] = field(default_factory=dict, repr=False)
+    _candidates_of: tuple[list[Admitted], int] | None = field(default=None, repr=False)
+    _candidate_index: tuple[dict[str, Admitted], dict[str, AdmittedWorkload]] = field(
+        default_factory=lambda: ({}, {}), repr=False
+    )
+    _roots: tuple[object, dict[str, tuple[str, str]]] = field(default_factory=lambda: (None, {}), repr=False)
 
-    def observe(self, snapshot: Snapshot) -> None:
-        """Requeue set-aside workloads whose cohort tree released quota since the last cycle."""
+    # --- set-aside bookkeeping (every change goes through these two) ---------------------------
+
+    def set_aside(self, key: str, entry: _SetAside) -> None:
+        self.drop_aside(key)
+        self.inadmissible[key] = entry
+        self._by_root.setdefault(entry.root, set()).add(key)
+        if entry.physical:
+            self._physical.add(key)
+
+    def drop_aside(self, key: str) -> None:
+        entry = self.inadmissible.pop(key, None)
+        if entry is None:
+            return
+        keys = self._by_root.get(entry.root)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_root[entry.root]
+        self._physical.discard(key)
+
+    # --- observing a new snapshot ----------------------------------------------------------------
+
+    def _root_of(self, snapshot: Snapshot, cq: str) -> tuple[str, str]:
+        tree, roots = self._roots
+        if tree is not snapshot.tree:
+            roots = {}
+            self._roots = (snapshot.tree, roots)
+        found = roots.get(cq)
+        if found is None:
+            found = roots[cq] = _root_key(snapshot, cq)
+        return found
+
+    def _released(self, snapshot: Snapshot) -> set[tuple[str, str]]:
+        """Cohort trees (roots) that released quota since the last cycle; records this cycle's admitted."""
         tree = snapshot.tree
         current: dict[tuple[str, str], set[str]] = {}
         for a in snapshot.admitted:
             if tree.has_cluster_queue(a.cluster_queue):
-                current.setdefault(_root_key(snapshot, a.cluster_queue), set()).add(a.key)
+                current.setdefault(self._root_of(snapshot, a.cluster_queue), set()).add(a.key)
         released = {r for r, keys in (self.last_admitted or {}).items() if keys - current.get(r, set())}
+        self.last_admitted = {r: frozenset(keys) for r, keys in current.items()}
+        return released
+
+    def _grew(self, snapshot: Snapshot) -> bool:
         schedulable = frozenset(n.name for n in snapshot.cluster if n.schedulable)
         grew = self.last_schedulable is not None and not schedulable <= self.last_schedulable
+        self.last_schedulable = schedulable
+        return grew
+
+    def observe(self, snapshot: Snapshot) -> None:
+        """Requeue set-aside workloads whose cohort tree released quota since the last cycle
+        (from scratch: every set-aside entry and sticky preemptor checked against the snapshot)."""
+        released = self._released(snapshot)
+        self._admitted_seen = None
+        grew = self._grew(snapshot)
         tokens = {p.key: _token(p) for p in snapshot.pending}
         for key, entry in list(self.inadmissible.items()):
             if (
@@ -173,13 +290,66 @@ class QueueState:
                 or entry.root in released
                 or (entry.physical and (bool(released) or grew))
             ):
-                del self.inadmissible[key]
+                self.drop_aside(key)
         for cq, (key, token) in list(self.sticky.items()):
             if tokens.get(key) != token:
                 del self.sticky[cq]
-        self.last_admitted = {r: frozenset(keys) for r, keys in current.items()}
-        self.last_schedulable = schedulable
+        self.queues.reset()  # it did not see these changes: it files everything afresh next time
         self.cycles += 1
+
+    def observe_incremental(self, snapshot: Snapshot, changed: set[str] | None) -> None:
+        """`observe` for the queue manager's path: the same rules, applied to what changed.
+
+        ``changed`` are the keys whose pending object changed since the last cycle (None: all).
+        A set-aside entry is dropped when its workload's token changed (only a changed key
+        can have), when its cohort tree released quota, or, for a placement failure, when any
+        tree released quota or schedulable nodes appeared; the queue manager re-files it.
+        """
+        seen = self._admitted_seen
+        admitted = snapshot.admitted
+        if seen is None or seen[0] is not admitted or seen[1] != len(admitted):
+            released = self._released(snapshot)
+            self._admitted_seen = (admitted, len(admitted))
+        else:
+            released = set()  # the very list of the last cycle: nothing was released
+        grew = self._grew(snapshot)
+        qm = self.queues
+        drop: set[str] = set()
+        check = self.inadmissible.keys() if changed is None else changed & self.inadmissible.keys()
+        for key in check:
+            p = qm.objs.get(key)
+            if p is None or _token(p) != self.inadmissible[key].token:
+                drop.add(key)
+        for root in released:
+            drop.update(self._by_root.get(root, ()))
+        if released or grew:
+            drop.update(self._physical)
+        for key in drop:
+            self.drop_aside(key)
+            qm.refile(key, self)
+        for cq, (key, token) in list(self.sticky.items()):
+            p = qm.objs.get(key)
+            if p is None or _token(p) != token:
+                del self.sticky[cq]
+        self.cycles += 1
+
+    def admitted_index(self, snapshot: Snapshot) -> tuple[dict[str, Admitted], dict[str, AdmittedWorkload]]:
+        """(key -> admitted record, key -> preemption candidate) for the snapshot, reusing the
+        candidates of admitted records that are the same objects as last cycle's (`Admitted`
+        is frozen). The second mapping is a fresh copy: a cycle marks its victims in it."""
+        admitted = snapshot.admitted
+        seen = self._candidates_of
+        if seen is None or seen[0] is not admitted or seen[1] != len(admitted):
+            old = self._candidates
+            fresh: dict[str, tuple[Admitted, AdmittedWorkload]] = {}
+            for a in admitted:
+                found = old.get(a.key)
+                fresh[a.key] = found if found is not None and found[0] is a else (a, a.as_candidate())
+            self._candidates = fresh
+            self._candidates_of = (admitted, len(admitted))
+            self._candidate_index = ({k: a for k, (a, _) in fresh.items()}, {k: c for k, (_, c) in fresh.items()})
+        by_key, candidates = self._candidate_index
+        return by_key, dict(candidates)
 
 
 # --- one cycle --------------------------------------------------------------------------------
@@ -206,6 +376,11 @@ class _Entry:
     def workload(self) -> WorkloadInfo:
         return self.pending.workload
 
+    def rebound(self, pending: Pending, tas_commits: int) -> _Entry:
+        """A copy for ``pending`` (a memoised nomination of a look-alike; no TAS placements)."""
+        return _Entry(pending, self.cq, self.counts, self.assignment, self.mode, self.victims, {}, self.reason,
+                      self.physical, tas_commits)
+
 
 _MISSING = object()
 
@@ -227,17 +402,29 @@ class _Cycle:
         self.fs = bool(self.fs_config.enable)
         self.usage: Usage = snapshot.usage
         """Usage of everything admitted: the snapshot's plus this call's admissions."""
-        self.admitted_by_key: dict[str, Admitted] = {a.key: a for a in snapshot.admitted}
-        self.candidates: dict[str, AdmittedWorkload] = {a.key: a.as_candidate() for a in snapshot.admitted}
+        self.admitted_by_key: dict[str, Admitted]
+        self.candidates: dict[str, AdmittedWorkload]
+        if state.incremental:
+            self.admitted_by_key, self.candidates = state.admitted_index(snapshot)
+            self.memo: _NominationMemo | None = state.memo
+        else:
+            self.admitted_by_key = {a.key: a for a in snapshot.admitted}
+            self.candidates = {a.key: a.as_candidate() for a in snapshot.admitted}
+            self.memo = None
+        self._memo_usage: Usage | None = None
+        """The usage the memo was last checked against (None: check before the next use)."""
         self.tas = TASPlanner(snapshot)
         self.issued: set[str] = set()
         self.admitted_here = 0
         wfpr = snapshot.config.wait_for_pods_ready
         self.block_admission = bool(wfpr.enable and wfpr.block_admission)
-        self.not_ready = any(not a.placed and not a.evicted for a in snapshot.admitted)
+        self.not_ready = self.block_admission and any(not a.placed and not a.evicted for a in snapshot.admitted)
+        """Some admitted workload's pods are not all running (read only under blockAdmission)."""
         self._eligible: dict[tuple[object, ...], str | None] = {}
         self._label_keys: dict[str, dict[str, frozenset[str]]] = {}
         self._roots: dict[str, tuple[str, str]] = {}
+        self._matched: dict[tuple[str, str], bool] = {}
+        self._queued_at_matters: dict[str, bool] = {}
         self.considered = 0
 
     # --- queues -------------------------------------------------------------------------------
@@ -247,48 +434,52 @@ class _Cycle:
         labels["kubernetes.io/metadata.name"] = namespace  # the API server sets it, users cannot
         return labels
 
+    def route(self, p: Pending) -> tuple[str | None, str]:
+        """(ClusterQueue, "") for a workload its LocalQueue, ClusterQueue and namespace selector
+        let into a queue, else (None, the reason). Depends only on the workload's namespace,
+        LocalQueue and explicit ClusterQueue, and on the snapshot's queue configuration."""
+        s, tree = self.s, self.tree
+        w = p.workload
+        lq = s.local_queues.get((w.namespace, w.local_queue))
+        cq_name = s.cluster_queue_of(w)
+        if cq_name is None:
+            return None, f"LocalQueue {w.namespace}/{w.local_queue} not found"
+        cq = s.cluster_queues.get(cq_name)
+        if cq is None or not tree.has_cluster_queue(cq_name):
+            return None, f"ClusterQueue {cq_name} not found"
+        if lq is not None and lq.spec.stop_policy != "None":
+            return None, f"LocalQueue {w.namespace}/{w.local_queue} is stopped (stopPolicy: {lq.spec.stop_policy})"
+        if cq.spec.stop_policy != "None":
+            return None, f"ClusterQueue {cq_name} is stopped (stopPolicy: {cq.spec.stop_policy})"
+        selector = cq.spec.namespace_selector
+        if selector is None:
+            return None, f"namespace not selected by ClusterQueue {cq_name}: it has no namespaceSelector, which selects no namespace"
+        selected = self._matched.get((cq_name, w.namespace))
+        if selected is None:
+            selected = self._matched[(cq_name, w.namespace)] = selector.matches(self._namespace_labels(w.namespace))
+        if not selected:
+            return None, f"namespace not selected by ClusterQueue {cq_name}: namespace {w.namespace} does not match its namespaceSelector"
+        return cq_name, ""
+
     def build_queues(self) -> dict[str, list[Pending]]:
-        """Pending workloads per ClusterQueue in queue order (set-aside ones left out); the
-        reasons of the workloads in no queue go straight into the decisions."""
-        s, tree, st = self.s, self.tree, self.state
+        """Pending workloads per ClusterQueue in queue order (set-aside ones left out), from
+        scratch; the reasons of the workloads in no queue go straight into the decisions."""
+        s, st = self.s, self.state
         reasons = self.decisions.pending
         queues: dict[str, list[Pending]] = {}
         afs = s.admission_fair_sharing
         lq_usage: dict[str, float] = {}
-        matched: dict[tuple[str, str], bool] = {}  # (ClusterQueue, namespace) -> selected
         for p in s.pending:
-            w = p.workload
             key = p.key
             if key in self.admitted_by_key:
-                reasons[key] = "waiting for its previous admission to be released"
+                reasons[key] = BLOCKED_REASON
                 continue
             if p.not_before > self.now:
-                reasons[key] = f"requeued with backoff: not before t={p.not_before:g} ({p.not_before - self.now:.0f}s left)"
+                reasons[key] = backoff_reason(p, self.now)
                 continue
-            lq = s.local_queues.get((w.namespace, w.local_queue))
-            cq_name = s.cluster_queue_of(w)
+            cq_name, why = self.route(p)
             if cq_name is None:
-                reasons[key] = f"LocalQueue {w.namespace}/{w.local_queue} not found"
-                continue
-            cq = s.cluster_queues.get(cq_name)
-            if cq is None or not tree.has_cluster_queue(cq_name):
-                reasons[key] = f"ClusterQueue {cq_name} not found"
-                continue
-            if lq is not None and lq.spec.stop_policy != "None":
-                reasons[key] = f"LocalQueue {w.namespace}/{w.local_queue} is stopped (stopPolicy: {lq.spec.stop_policy})"
-                continue
-            if cq.spec.stop_policy != "None":
-                reasons[key] = f"ClusterQueue {cq_name} is stopped (stopPolicy: {cq.spec.stop_policy})"
-                continue
-            selector = cq.spec.namespace_selector
-            if selector is None:
-                reasons[key] = f"namespace not selected by ClusterQueue {cq_name}: it has no namespaceSelector, which selects no namespace"
-                continue
-            selected = matched.get((cq_name, w.namespace))
-            if selected is None:
-                selected = matched[(cq_name, w.namespace)] = selector.matches(self._namespace_labels(w.namespace))
-            if not selected:
-                reasons[key] = f"namespace not selected by ClusterQueue {cq_name}: namespace {w.namespace} does not match its namespaceSelector"
+                reasons[key] = why
                 continue
             aside = st.inadmissible.get(key)
             if aside is not None and aside.token == _token(p):
@@ -393,13 +584,72 @@ class _Cycle:
             out.append(c)
         return out
 
+    def _memo_for(self, usage: Usage) -> _NominationMemo | None:
+        """The nomination memo, checked against this cycle's world at ``usage`` (None: no memo)."""
+        memo = self.memo
+        if memo is None:
+            return None
+        if self._memo_usage is not usage:
+            s = self.s
+            memo.check((s.tree, s.flavors, s.cluster_queues, s.topologies, s.config, usage), self.candidates.values())
+            self._memo_usage = usage
+        return memo
+
+    def _candidates_changed(self) -> None:
+        """A candidate was replaced (marked evicted): memoised nominations no longer apply."""
+        self._memo_usage = None
+
+    def queued_at_matters(self, cq: str) -> bool:
+        """Whether a preemptor's queue time can change its nomination in ``cq``: only
+        ``LowerOrNewerEqualPriority`` compares it (with candidates of equal priority)."""
+        found = self._queued_at_matters.get(cq)
+        if found is None:
+            spec = self.s.cluster_queues[cq].spec.preemption
+            found = self._queued_at_matters[cq] = "LowerOrNewerEqualPriority" in (
+                spec.within_cluster_queue, spec.reclaim_within_cohort
+            )
+        return found
+
     def nominate(self, p: Pending, cq: str, usage: Usage) -> _Entry:
-        """Kueue's getAssignments: full counts, then preemption targets, then partial admission."""
+        """Kueue's getAssignments: full counts, then preemption targets, then partial admission.
+
+        Memoised across cycles that see the same world (`_NominationMemo`) for workloads
+        without topology requests, keyed by everything of the workload the nomination reads:
+        its podsets' shapes, its priority and (where it matters) its queue time."""
         self.considered += 1
+        w = p.workload
+        memo = self._memo_for(usage)
+        mkey: tuple[object, ...] | None = None
+        if memo is not None and all(ps.topology is None for ps in w.podsets):
+            mkey = (
+                cq,
+                w.priority,
+                p.queued_at if self.queued_at_matters(cq) else None,
+                tuple((ps.name, ps.count, ps.min_count, ps.requests, ps.constraints) for ps in w.podsets),
+            )
+            found = memo.entries.get(mkey)
+            if found is not None:
+                return found.rebound(p, self.tas.commits)
+        entry = self._nominate(p, cq, usage)
+        if mkey is not None and memo is not None:
+            memo.entries[mkey] = entry.rebound(entry.pending, entry.tas_commits)
+        return entry
+
+    def _candidates_for(self, cq: str, priority: int, queued_at: float) -> list[AdmittedWorkload]:
+        memo = self.memo
+        if memo is None or self._memo_usage is None:
+            return self.preemption_candidates(cq, priority, queued_at)
+        ckey = (cq, priority, queued_at if self.queued_at_matters(cq) else None)
+        found = memo.candidates.get(ckey)
+        if found is None:
+            found = memo.candidates[ckey] = self.preemption_candidates(cq, priority, queued_at)
+        return found
+
+    def _nominate(self, p: Pending, cq: str, usage: Usage) -> _Entry:
         w = p.workload
         tree = self.tree
         eligible = self.eligibility(cq, w)
-        candidates = self.preemption_candidates(cq, w.priority, p.queued_at)
+        candidates = self._candidates_for(cq, w.priority, p.queued_at)
         base = Preemptor(w.key, cq, w.priority, {}, p.queued_at)
         oracle = preemption_oracle(tree, usage, base, candidates, fair_sharing=self.fs_config)
 
@@ -509,9 +759,19 @@ class _Cycle:
     def _quota_reason(self, e: _Entry, usage: Usage) -> str:
         if e.reason:
             return e.reason
+        memo = self.memo if self._memo_usage is not None else None
+        rkey = (id(e.assignment), e.cq, id(usage))
+        if memo is not None:
+            found = memo.reasons.get(rkey)
+            # the same Assignment object comes only from one memoised nomination (same podsets)
+            if found is not None and found[0] is e.assignment and found[1] is usage:
+                return found[2]
         eligible = self.eligibility(e.cq, e.workload)
         text = explain_quota(self.tree, usage, e.cq, e.assignment, eligible)
-        return text or e.assignment.message or "does not fit"
+        text = text or e.assignment.message or "does not fit"
+        if memo is not None:
+            memo.reasons[rkey] = (e.assignment, usage, text)
+        return text
 
     def _fits(self, e: _Entry, usage: Usage, preempted: Mapping[str, AdmittedWorkload]) -> bool:
         for w in chain(preempted.values(), (v.workload for v in e.victims if v.workload.key not in preempted)):
@@ -573,6 +833,7 @@ class _Cycle:
                     continue
                 self.issued.add(key)
                 self.candidates[key] = replace(self.candidates.get(key, v.workload), evicted=True)
+                self._candidates_changed()
                 self.decisions.preemptions.append(
                     Preemption(key, w.key, v.reason, f"Preempted to accommodate a workload ({w.key}) due to {_reason_words(v)}")
                 )
@@ -625,6 +886,41 @@ def _reason_words(v: Victim) -> str:
     }.get(str(v.reason), str(v.reason))
 
 
+class _Queues(dict[str, "list[Pending] | QueueView"]):
+    """The cycle's queues by ClusterQueue, with the `_Cycle` that built them and the queue
+    manager that keeps them (None when they were sorted from scratch)."""
+
+    cycle: _Cycle
+    manager: QueueManager | None
+
+
+def _queues_for(snapshot: Snapshot, st: QueueState, decisions: Decisions, *, kept: bool) -> _Queues:
+    """Observe ``snapshot`` and give the cycle its queues: from the queue manager kept in
+    ``st`` (incremental), or sorted from scratch when the state is not incremental, is not
+    ``kept`` for another cycle (filing every workload into a manager used once costs more
+    than one sort), when admission fair sharing orders the queues by decaying usage (the
+    order changes with time alone), or when the snapshot cannot be tracked (`Untrackable`)."""
+    cyc = _Cycle(snapshot, st, decisions)
+    out = _Queues()
+    out.cycle = cyc
+    out.manager = None
+    if kept and st.incremental and snapshot.admission_fair_sharing is None:
+        qm = st.queues
+        try:
+            changed = qm.sync(snapshot, cyc.admitted_by_key, cyc.route, st)
+        except Untrackable:
+            pass
+        else:
+            st.observe_incremental(snapshot, changed)
+            out.update(qm.views(st.sticky))
+            qm.write_reasons(decisions.pending)
+            out.manager = qm
+            return out
+    st.observe(snapshot)
+    out.update(cyc.build_queues())
+    return out
+
+
 def greedy_cycle(
     snapshot: Snapshot,
     *,
@@ -648,9 +944,9 @@ def greedy_cycle(
     started = time.perf_counter()
     decisions = Decisions(stats=CycleStats(policy=policy))
     st = state if state is not None else QueueState()
-    st.observe(snapshot)
-    cyc = _Cycle(snapshot, st, decisions)
-    queues = cyc.build_queues()
+    queues = _queues_for(snapshot, st, decisions, kept=state is not None)
+    cyc = queues.cycle
+    set_aside: list[str] = []
     pos = {cq: 0 for cq in queues}
     stopped: set[str] = set()
     last: dict[str, tuple[str, str, str]] = {}  # cq -> (head key, outcome, reason)
@@ -680,8 +976,8 @@ def greedy_cycle(
                 pos[cq] += 1
                 progress = True
             elif outcome == INADMISSIBLE and not strict:
-                root = _root_key(snapshot, cq)
-                st.inadmissible[p.key] = _SetAside(_token(p), cq, root, reason, entry.physical)
+                st.set_aside(p.key, _SetAside(_token(p), cq, st._root_of(snapshot, cq), reason, entry.physical))
+                set_aside.append(p.key)
                 pos[cq] += 1
                 progress = True
                 last[cq] = (p.key, "set_aside", reason)
@@ -704,20 +1000,28 @@ def greedy_cycle(
         head, outcome, reason = last[cq]
         strict = snapshot.cluster_queues[cq].spec.queueing_strategy == "StrictFIFO"
         start = pos[cq] + (1 if cq in stopped or (pos[cq] < len(queue) and queue[pos[cq]].key == head) else 0)
-        for p in queue[start:]:
-            if p.key in decisions.pending:
-                continue
-            if outcome == ADMITTED:
-                text = f"another workload was admitted first in this cycle ({head}; ClusterQueue {cq} admits one head per cycle)"
-            elif outcome == INADMISSIBLE and strict:
-                text = f"blocked by {head}, the head of StrictFIFO ClusterQueue {cq}: {reason}"
-            elif outcome == PREEMPTING:
-                text = f"waiting behind {head}, which is preempting workloads in ClusterQueue {cq}"
-            elif outcome == "set_aside":
-                text = f"not the head of ClusterQueue {cq} this cycle ({head} was considered first and set aside as inadmissible)"
-            else:
-                text = f"not the head of ClusterQueue {cq} this cycle ({head} was considered first)"
-            decisions.pending[p.key] = text
+        if start >= len(queue):
+            continue
+        if outcome == ADMITTED:
+            text = f"another workload was admitted first in this cycle ({head}; ClusterQueue {cq} admits one head per cycle)"
+        elif outcome == INADMISSIBLE and strict:
+            text = f"blocked by {head}, the head of StrictFIFO ClusterQueue {cq}: {reason}"
+        elif outcome == PREEMPTING:
+            text = f"waiting behind {head}, which is preempting workloads in ClusterQueue {cq}"
+        elif outcome == "set_aside":
+            text = f"not the head of ClusterQueue {cq} this cycle ({head} was considered first and set aside as inadmissible)"
+        else:
+            text = f"not the head of ClusterQueue {cq} this cycle ({head} was considered first)"
+        # every workload behind the last head (the heads before it have their own reasons)
+        if isinstance(queue, QueueView):
+            queue.fill_from(decisions.pending, start, text)
+        else:
+            for p in queue[start:]:
+                if p.key not in decisions.pending:  # (a duplicate of a head's key keeps the head's reason)
+                    decisions.pending[p.key] = text
+    if queues.manager is not None:
+        for key in set_aside:  # out of the queue from the next cycle on (positions held during this one)
+            queues.manager.refile(key, st)
     decisions.stats.seconds = time.perf_counter() - started
     decisions.stats.considered = cyc.considered
     decisions.stats.solver_status = "KeepGoing" if keep_going else "SlowDown"
@@ -927,9 +1231,11 @@ class KueuePolicy:
     name = "kueue"
     places_pods = False
 
-    def __init__(self, *, drain: bool = False) -> None:
+    def __init__(self, *, drain: bool = False, incremental: bool = True) -> None:
         self.drain = drain
-        self.state = QueueState()
+        self.incremental = incremental
+        """Keep the queues across cycles (`QueueState`); False re-sorts the pending set every cycle."""
+        self.state = QueueState(incremental=incremental)
         self._scorer: Scorer | None = None
         self._rng: random.Random | None = None
         self._seed: int | None = None
@@ -939,7 +1245,7 @@ class KueuePolicy:
 
     def reset(self) -> None:
         """Forget the queue manager's state and the placement RNG (a new run)."""
-        self.state = QueueState()
+        self.state = QueueState(incremental=self.incremental)
         self._rng = None
         self._seed = None
 
@@ -998,8 +1304,8 @@ class FGDPolicy(KueuePolicy):
     REBUILD_GROWTH = 0.05
     """Rebuild the distribution when the pods seen grew by this fraction (or a new shape appears)."""
 
-    def __init__(self, *, drain: bool = False) -> None:
-        super().__init__(drain=drain)
+    def __init__(self, *, drain: bool = False, incremental: bool = True) -> None:
+        super().__init__(drain=drain, incremental=incremental)
         self._seen: set[str] = set()
         self._tasks: Counter[tuple[object, NodeConstraints]] = Counter()
         self._built_total = 0

@@ -157,6 +157,20 @@ class Simulation:
         self.admitted: dict[str, _State] = {}
         self.nominated: set[str] = set()
         """Pending workloads whose `Pending.nominated_nodes` the last cycle set."""
+        # What every snapshot shares. Built once: a policy may then recognise them by identity
+        # between cycles (the `kueue` policy keeps its queues while the configuration is the same).
+        self._flavors = {f.name: f for f in setup.flavors}
+        self._cluster_queues = {q.name: q for q in setup.cluster_queues}
+        self._topologies = {t.name: t for t in setup.topologies}
+        self._pending_list: list[Pending] | None = None
+        self._admitted_list: list[Admitted] | None = None
+        """The snapshots' lists, rebuilt only after a change (None): a snapshot's lists are never
+        mutated, so a cycle that changed nothing hands the next one the very same objects."""
+        self._unplaced: dict[str, None] = {}
+        """Admitted workloads whose pods are not all bound yet (kube-scheduler's work), in admission order."""
+        self._reasons: dict[str, str] = {}
+        """Pending reasons the cycles gave since the record was last written otherwise (applied
+        to the records at the end: every cycle gives one per pending workload)."""
         self.events: list[tuple[float, int, EventKind, str, int]] = []
         self._seq = 0
         self.samples: list[Sample] = []
@@ -247,7 +261,10 @@ class Simulation:
         self.usage = self.usage.release(state.admitted.cluster_queue, dict(state.admitted.usage))
         if self.fair_sharing is not None:
             self.fair_sharing.release(*fair_sharing_charge(state.admitted), at=self.now)
-        del self.admitted[state.job.workload.key]
+        key = state.job.workload.key
+        del self.admitted[key]
+        self._unplaced.pop(key, None)
+        self._admitted_list = None
         state.admitted = None
         state.epoch += 1
 
@@ -257,6 +274,7 @@ class Simulation:
             not_before=state.not_before,
         )
         self.pending[state.job.workload.key] = state
+        self._pending_list = None
 
     def _requeue(self, state: _State, backoff: float) -> None:
         state.queued_at = self.now
@@ -274,7 +292,7 @@ class Simulation:
         limit = strategy.backoff_limit_count
         if limit is not None and state.record.evictions > limit:
             state.record.deactivated = True
-            state.record.pending_reason = f"deactivated after {state.record.evictions} evictions by waitForPodsReady"
+            self._set_reason(state, f"deactivated after {state.record.evictions} evictions by waitForPodsReady")
             return
         backoff = min(strategy.backoff_base_seconds * 2 ** (state.record.evictions - 1), strategy.backoff_max_seconds)
         self._requeue(state, float(backoff))
@@ -285,11 +303,17 @@ class Simulation:
             return
         self._release(state)
         state.record.preemptions += 1
-        state.record.pending_reason = f"preempted ({reason}) by {preemptor}"
+        self._set_reason(state, f"preempted ({reason}) by {preemptor}")
         self._requeue(state, 0.0)
+
+    def _set_reason(self, state: _State, text: str) -> None:
+        """Write a record's pending reason now (it outranks what earlier cycles said)."""
+        self._reasons.pop(state.job.workload.key, None)
+        state.record.pending_reason = text
 
     def _admit(self, admission: Admission) -> None:
         state = self.pending.pop(admission.key)
+        self._pending_list = None
         usage = dict(admission.usage)
         self.usage = self.usage.admit(admission.cluster_queue, usage)
         state.record.admitted_at = self.now
@@ -314,6 +338,8 @@ class Simulation:
             bindings=tuple(bindings),
         )
         self.admitted[admission.key] = state
+        self._admitted_list = None
+        self._unplaced[admission.key] = None
         if self.fair_sharing is not None:
             self.fair_sharing.admit(*fair_sharing_charge(state.admitted), at=self.now)
         if self.wait_for_pods_ready.enable:
@@ -326,14 +352,17 @@ class Simulation:
             return
         state.record.started_at = self.now
         state.record.nodes = sorted({b.node for b in state.admitted.bindings})
-        state.record.pending_reason = ""
+        self._unplaced.pop(state.job.workload.key, None)
+        self._set_reason(state, "")
         if state.job.duration is not None:
             self._push(self.now + state.job.duration, "finish", state.job.workload.key, state.epoch)
 
     def _bind_pending_pods(self) -> None:
         if self.binder is None:
             return
-        waiting = [s.admitted for s in self.admitted.values() if s.admitted is not None and not s.admitted.placed]
+        if not self._unplaced:
+            return
+        waiting = [a for a in (self.admitted[k].admitted for k in self._unplaced) if a is not None and not a.placed]
         if not waiting:
             return
         waiting.sort(key=lambda a: (a.admitted_at, a.key))
@@ -343,24 +372,30 @@ class Simulation:
             podsets = list(state.admitted.podsets)
             podsets[index] = replace(podsets[index], nodes=podsets[index].nodes + (binding.node,))
             state.admitted = replace(state.admitted, podsets=tuple(podsets), bindings=state.admitted.bindings + (binding,))
+            self._admitted_list = None
             self._maybe_started(state)
 
     # --- cycles ---------------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        pending = [s.pending for s in self.pending.values() if s.pending is not None]
-        admitted = [s.admitted for s in self.admitted.values() if s.admitted is not None]
+        """The state now, for a cycle. The lists and mappings are shared with other snapshots
+        of this run and must not be mutated (they are replaced, never changed, when the state
+        changes)."""
+        if self._pending_list is None:
+            self._pending_list = [s.pending for s in self.pending.values() if s.pending is not None]
+        if self._admitted_list is None:
+            self._admitted_list = [s.admitted for s in self.admitted.values() if s.admitted is not None]
         return Snapshot(
             now=self.now,
             cluster=self.cluster,
             tree=self.tree,
             usage=self.usage,
-            flavors={f.name: f for f in self.setup.flavors},
-            cluster_queues={q.name: q for q in self.setup.cluster_queues},
+            flavors=self._flavors,
+            cluster_queues=self._cluster_queues,
             local_queues=self.local_queues,
-            admitted=admitted,
-            pending=pending,
-            topologies={t.name: t for t in self.setup.topologies},
+            admitted=self._admitted_list,
+            pending=self._pending_list,
+            topologies=self._topologies,
             config=self.config,
             admission_fair_sharing=self.fair_sharing,
             seed=self.setup.seed,
@@ -387,9 +422,7 @@ class Simulation:
         for admission in decisions.admissions:
             if admission.key in self.pending:
                 self._admit(admission)
-        for key, reason in decisions.pending.items():
-            if key in self.states:
-                self.states[key].record.pending_reason = reason
+        self._reasons.update(decisions.pending)  # into the records at the end (`_flush_reasons`)
         self._nominate(decisions.nominations)
         return bool(decisions.preemptions or decisions.admissions)
 
@@ -399,11 +432,13 @@ class Simulation:
             state = self.pending.get(key)
             if state is not None and state.pending is not None:
                 state.pending = replace(state.pending, nominated_nodes=frozenset())
+                self._pending_list = None
         self.nominated = set()
         for key, nodes in nominations.items():
             state = self.pending.get(key)
             if state is not None and state.pending is not None:
                 state.pending = replace(state.pending, nominated_nodes=frozenset(nodes))
+                self._pending_list = None
                 self.nominated.add(key)
 
     # --- results --------------------------------------------------------------------------------
@@ -423,7 +458,18 @@ class Simulation:
             )
         )
 
+    def _flush_reasons(self) -> None:
+        """Write the cycles' last pending reasons into the records (done once, at the end: a
+        cycle gives a reason to every pending workload, and writing thousands of records per
+        cycle cost more than the cycle itself)."""
+        for key, reason in self._reasons.items():
+            state = self.states.get(key)
+            if state is not None:
+                state.record.pending_reason = reason
+        self._reasons.clear()
+
     def _result(self, wall: float) -> RunResult:
+        self._flush_reasons()
         records = [s.record for s in self.states.values()]
         first = min((r.submitted_at for r in records), default=0.0)
         finishes = [r.finished_at for r in records if r.finished_at is not None]
