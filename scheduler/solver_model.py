@@ -193,22 +193,21 @@ class _NodeFit:
     """
 
     def __init__(self, cls: NodeClass, shapes: Sequence[PodRequest], accelerators: Iterable[str]) -> None:
-        self.accel = sorted(accelerators)
-        self.shapes = list(shapes)
-        self.devices = [list(cls.rep.devices.get(a, ())) for a in self.accel]
-        self.others = sorted({r for pod in shapes for r in pod if r not in self.accel})
+        accel = sorted(accelerators)
+        others = sorted({r for pod in shapes for r in pod if r not in accel})
         # per other resource: (what one pod of each shape needs, the room on the smallest member)
-        self.columns = [([pod.get(r) for pod in shapes], cls.min_free.get(r, 0)) for r in self.others]
+        self.columns = [([pod.get(r) for pod in shapes], cls.min_free.get(r, 0)) for r in others]
         self.pods_room = cls.min_pods
-        self.order = sorted(range(len(shapes)), key=lambda i: (-sum(shapes[i].get(a) for a in self.accel), i))
-        dshapes = [[device_shape(pod.get(a)) for a in self.accel] for pod in shapes]
+        order = sorted(range(len(shapes)), key=lambda i: (-sum(shapes[i].get(a) for a in accel), i))
+        dshapes = [[device_shape(pod.get(a)) for a in accel] for pod in shapes]
         self.valid = all(d is not None for row in dshapes for d in row)
         # per accelerator: fully free devices, the other non-empty amounts (sorted), and per shape
         # in binding order (index, devices, milli each) for the shapes that use it
         self.plan: list[tuple[int, list[int], list[tuple[int, int, int]]]] = []
         if self.valid:
-            for k, devs in enumerate(self.devices):
-                uses = [(i, *dshapes[i][k]) for i in self.order if dshapes[i][k] not in ((0, 0), None)]  # type: ignore[misc]
+            for k, a in enumerate(accel):
+                devs = cls.rep.devices.get(a, ())
+                uses = [(i, *dshapes[i][k]) for i in order if dshapes[i][k] != (0, 0)]  # type: ignore[misc]
                 full = sum(1 for d in devs if d == DEVICE_MILLI)
                 self.plan.append((full, sorted(d for d in devs if 0 < d < DEVICE_MILLI), uses))
         self._memo: dict[tuple[int, ...], bool] = {}

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import aiohttp
@@ -332,47 +331,21 @@ def test_planned_pods_not_bound_yet_hold_their_nodes_in_the_snapshot() -> None:
 
 
 def reference_reserve_plans(cycle: Any) -> int:
-    """`reserve_plans` as it was before it kept anything between cycles: every planned pod bound anew."""
+    """`reserve_plans` without anything kept between cycles: every admitted workload's planned pods bound anew,
+    in snapshot order, on a fresh copy of the cluster (one workload's binding is `_reserve`, tested above)."""
     snapshot = cycle.snapshot
-    cluster = None
+    cluster = snapshot.cluster.copy()
     reserved = 0
     admitted = []
     for a in snapshot.admitted:
         entry = cycle.entries.get(a.key)
         record = ((entry.workload.get("status") or {}).get("admission") or {}) if entry is not None else {}
         plans = pl.node_plans(record) if not a.evicted else {}
-        if not plans:
-            admitted.append(a)
-            continue
-        podsets, bindings = list(a.podsets), list(a.bindings)
-        for index, ps in enumerate(podsets):
-            plan = plans.get(ps.name)
-            remaining = ps.count - len(ps.nodes)
-            info = next((p for p in a.workload.podsets if p.name == ps.name), None)
-            if not plan or remaining <= 0 or info is None:
-                continue
-            bound = Counter(ps.nodes)
-            added: list[str] = []
-            for node_name, n in plan.items():
-                want = min(n - bound.get(node_name, 0), remaining - len(added))
-                if want <= 0:
-                    continue
-                if cluster is None:
-                    cluster = snapshot.cluster.copy()
-                if node_name not in cluster:
-                    continue
-                for _ in range(want):
-                    if not cluster.nodes[node_name].fits(info.requests):
-                        break
-                    bindings.append(cluster.bind(node_name, info.requests))
-                    added.append(node_name)
-            if added:
-                podsets[index] = replace(ps, nodes=ps.nodes + tuple(added))
-                reserved += len(added)
-        admitted.append(replace(a, podsets=tuple(podsets), bindings=tuple(bindings)))
-    if cluster is not None:
-        snapshot.cluster = cluster
-        snapshot.admitted = admitted
+        added, bindings = pl._reserve(cluster, a, plans) if plans else ((), ())
+        reserved += len(bindings)
+        admitted.append(pl._with_reservation(a, added, bindings))
+    snapshot.cluster = cluster
+    snapshot.admitted = admitted
     return reserved
 
 
