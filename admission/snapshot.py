@@ -279,6 +279,7 @@ def detached_copy(cluster: Cluster) -> Cluster:
     one cluster share the table, and placement memoises on it: the memo's cluster must not grow with them)."""
     other = cluster.copy()
     other._state_ids = dict(cluster._state_ids)  # noqa: SLF001 - see the docstring
+    other._fit_memo = dict(cluster._fit_memo)  # noqa: SLF001 - memoised by state id: goes with the table
     other.version = cluster.version
     return other
 

@@ -52,6 +52,9 @@ DEVICE_MILLI = MILLI
 """Capacity of one physical accelerator device in milli-units."""
 
 UNLIMITED = 1 << 40
+
+FIT_MEMO_LIMIT = 200_000
+"""Entries of `Cluster.fit_count`'s memo before it starts over (it only saves time)."""
 """Fit count for a pod that requests nothing a node could run out of."""
 
 # kube-scheduler's defaults for containers without requests (pkg/scheduler/util:
@@ -173,8 +176,10 @@ class NodeInfo:
     unschedulable: bool = False
     ready: bool = True
     used: dict[str, int] = field(default_factory=dict)
+    """Milli used per resource. Replaced, never changed in place (copies share it)."""
     devices: dict[str, list[int]] = field(default_factory=dict)
-    """Free milli per physical device, per accelerator resource; index = device id."""
+    """Free milli per physical device, per accelerator resource; index = device id. Replaced,
+    never changed in place (copies share it)."""
     pod_count: int = 0
     nonzero_cpu: int = 0
     nonzero_memory: int = 0
@@ -309,14 +314,14 @@ class NodeInfo:
         return text
 
     def copy(self) -> NodeInfo:
-        """A copy sharing the static parts (labels, taints, allocatable) and owning the mutable ones.
+        """A copy sharing every field with this node.
 
-        Built without ``__init__`` (every field taken over, then the mutable ones replaced): each
-        scheduling cycle copies the whole cluster a few times."""
+        ``used`` and ``devices`` are never changed in place (`Cluster` replaces them on every
+        bind and unbind), so a copy may share them until either side binds: each scheduling
+        cycle copies the whole cluster a few times, and binds touch only a few nodes. Built
+        without ``__init__`` for the same reason."""
         other = object.__new__(NodeInfo)
         other.__dict__.update(self.__dict__)
-        other.used = dict(self.used)
-        other.devices = {name: list(frees) for name, frees in self.devices.items()}
         return other
 
 
@@ -351,9 +356,15 @@ class Cluster:
         self.accelerators: frozenset[str] = frozenset(accelerators)
         self.nodes: dict[str, NodeInfo] = {}
         self._state_ids: dict[tuple[Any, ...], int] = {}
+        self._fit_memo: dict[tuple[Any, int], int] = {}
+        """`fit_count` by (pod, state id); shared with copies, as the state ids are."""
         self._journals: list[list[tuple[str, Any]]] = []
         self.cache: dict[Any, Any] = {}
         """Results that depend only on labels, taints and schedulability (cleared when those change)."""
+        self.shared: dict[Any, Any] = {}
+        """Like `cache`, for results holding no `NodeInfo` (names, counts, structures): shared with
+        copies, which makes them last from one scheduling cycle to the next. A cluster that
+        changes labels, taints or schedulability starts a new one, leaving its copies theirs."""
         self.version = 0
         """Bumped on every mutation; lets callers cache per-state results."""
         self._state_array = np.zeros(16, dtype=np.int64)
@@ -407,7 +418,7 @@ class Cluster:
             raise ValueError(f"duplicate node {node.name}")
         for resource in self.accelerators:
             if resource in node.allocatable and resource not in node.devices:
-                node.devices[resource] = [DEVICE_MILLI] * (node.allocatable[resource] // DEVICE_MILLI)
+                node.devices = {**node.devices, resource: [DEVICE_MILLI] * (node.allocatable[resource] // DEVICE_MILLI)}
                 # a node reporting a fraction of a device has only whole devices to give
                 node.allocatable = {**node.allocatable, resource: len(node.devices[resource]) * DEVICE_MILLI}
         node.index = len(self.nodes)
@@ -416,6 +427,7 @@ class Cluster:
         self.nodes[node.name] = node
         self._restate(node)
         self.cache.clear()
+        self.shared = {}
         self.version += 1
 
     # --- reading -----------------------------------------------------------------------------
@@ -440,6 +452,18 @@ class Cluster:
 
     def free(self, resource: str) -> int:
         return self.capacity(resource) - self.allocated(resource)
+
+    def fit_count(self, node: NodeInfo, pod: PodRequest) -> int:
+        """``node.fit_count(pod)`` for a node of this cluster, memoised by its state: a state id
+        stands for one state in this cluster and all its copies, and schedulers ask the same
+        question of the same few states over and over, cycle after cycle."""
+        key = (pod.items, node.state_id)
+        got = self._fit_memo.get(key)
+        if got is None:
+            if len(self._fit_memo) >= FIT_MEMO_LIMIT:
+                self._fit_memo.clear()
+            got = self._fit_memo[key] = node.fit_count(pod)
+        return got
 
     def node_classes(self, names: Iterable[str] | None = None, label_keys: Iterable[str] = ()) -> list[list[str]]:
         """Interchangeable nodes, grouped: same state (allocatable, usage, free devices up to order,
@@ -503,6 +527,7 @@ class Cluster:
                 self._journals[-1].append(("cordon", (name, node.unschedulable)))
             node.unschedulable = unschedulable
             self.cache.clear()
+            self.shared = {}
             self.version += 1
 
     @contextmanager
@@ -538,19 +563,28 @@ class Cluster:
         other.nodes = {name: node.copy() for name, node in self.nodes.items()}
         other._state_array = self._state_array.copy()
         other._state_ids = self._state_ids
+        other._fit_memo = self._fit_memo
         other._journals = []
         other.cache = {}
+        other.shared = self.shared
         other.version = 0
         return other
 
     # --- internals ---------------------------------------------------------------------------
 
     def _apply(self, node: NodeInfo, pod: PodRequest, devices: tuple[tuple[str, int, int], ...], sign: int) -> None:
-        used = node.used
+        # new ``used`` and device lists, never changed in place: copies of the node share them
+        used = dict(node.used)
         for resource, amount in pod.items:
             used[resource] = used.get(resource, 0) + sign * amount
-        for resource, idx, amount in devices:
-            node.devices[resource][idx] -= sign * amount
+        node.used = used
+        if devices:
+            frees = dict(node.devices)
+            for resource in {d[0] for d in devices}:
+                frees[resource] = list(frees[resource])
+            for resource, idx, amount in devices:
+                frees[resource][idx] -= sign * amount
+            node.devices = frees
         node.pod_count += sign
         node.nonzero_cpu += sign * pod.nonzero("cpu")
         node.nonzero_memory += sign * pod.nonzero("memory")

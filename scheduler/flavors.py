@@ -56,9 +56,9 @@ def node_in_flavor(node: NodeInfo, flavor: ResourceFlavor) -> bool:
 def flavor_nodes(cluster: Cluster, flavor: ResourceFlavor) -> list[str]:
     """Names of the nodes of a flavor, in cluster order (cordoned ones included: they still belong)."""
     key = ("flavor_nodes", flavor.name, tuple(sorted(flavor.spec.node_labels.items())))
-    cached = cluster.cache.get(key)
+    cached = cluster.shared.get(key)
     if cached is None:
-        cached = cluster.cache[key] = [n.name for n in cluster if node_in_flavor(n, flavor)]
+        cached = cluster.shared[key] = [n.name for n in cluster if node_in_flavor(n, flavor)]
     return list(cached)
 
 
@@ -142,10 +142,10 @@ def feasible_nodes(
     constraints = podset.constraints if isinstance(podset, PodSetInfo) else podset
     flavor_key = None if flavor is None else (flavor.name, repr(flavor.spec))
     key = ("feasible", constraints, flavor_key)
-    cached: set[str] | None = cluster.cache.get(key)
+    cached: set[str] | None = cluster.shared.get(key)
     if cached is None:
         admitted = admitted_constraints(constraints, flavor)
-        cached = cluster.cache[key] = {n.name for n in cluster if node_infeasible_reason(admitted, n) is None}
+        cached = cluster.shared[key] = {n.name for n in cluster if node_infeasible_reason(admitted, n) is None}
     if nodes is None:
         return [n for n in cluster.nodes if n in cached]
     return [n for n in nodes if n in cached]

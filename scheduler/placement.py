@@ -435,7 +435,7 @@ def _unplaceable_reason(
     reasons: Counter[str] = Counter()
     feasible = {n.name for n in candidates}
     static_key = ("static_reasons", constraints, None if flavor is None else (flavor.name, repr(flavor.spec)))
-    static: dict[str, str] = cluster.cache.setdefault(static_key, {})
+    static: dict[str, str] = cluster.shared.setdefault(static_key, {})
     for name in names:
         if name in feasible:
             continue

@@ -43,6 +43,9 @@ __all__ = [
 MAX_OPTIONS = 8
 """At most this many flavor combinations per podset (in ClusterQueue flavor order)."""
 
+NODE_SETS_LIMIT = 4096
+"""Node sets kept from one cycle to the next before they are computed afresh."""
+
 
 def gpu_milli(pod: PodRequest, accelerators: Iterable[str]) -> int:
     """Accelerator milli one pod requests (over every per-device resource)."""
@@ -194,37 +197,53 @@ def _groups_of(resource_groups: Sequence[object], resources: Iterable[str]) -> d
 
 
 class _NodeSets:
-    """Feasible node sets per (constraints, flavors), computed once per cycle."""
+    """Feasible node sets per (constraints, flavors).
+
+    They depend only on labels, taints and schedulability, so they are kept in the cluster's
+    `Cluster.shared` cache from one cycle to the next (keyed by the flavors' specs too). The
+    node tuples keep their identity there, and the per-cycle caches downstream key on it."""
 
     def __init__(self, cluster: Cluster, flavors: Mapping[str, ResourceFlavor]) -> None:
         self.cluster = cluster
         self.flavors = flavors
-        self._cache: dict[tuple[object, ...], tuple[tuple[str, ...], NodeConstraints]] = {}
-        self._in_flavor: dict[str, frozenset[str]] = {}
-        self._topo: dict[tuple[int, str], tuple[str, ...]] = {}
-        self._keep: list[tuple[str, ...]] = []  # keeps the id() keys of `_topo` alive
+        self._specs: dict[str, tuple[str, str]] = {}
+        if len(cluster.shared.get("solver_node_sets", ())) > NODE_SETS_LIMIT:
+            cluster.shared.pop("solver_node_sets")
+            cluster.shared.pop("solver_topology_nodes", None)
+        self._cache: dict[tuple[object, ...], tuple[tuple[str, ...], NodeConstraints]] = cluster.shared.setdefault(
+            "solver_node_sets", {}
+        )
+        self._topo: dict[tuple[int, str], tuple[tuple[str, ...], tuple[str, ...]]] = cluster.shared.setdefault(
+            "solver_topology_nodes", {}
+        )
+
+    def _spec(self, name: str) -> tuple[str, str]:
+        got = self._specs.get(name)
+        if got is None:
+            got = self._specs[name] = (name, repr(self.flavors[name].spec))
+        return got
 
     def in_flavor(self, name: str) -> frozenset[str]:
-        got = self._in_flavor.get(name)
+        key = ("flavor", self._spec(name))
+        got = self._cache.get(key)
         if got is None:
             flavor = self.flavors[name]
-            got = self._in_flavor[name] = frozenset(n.name for n in self.cluster if node_in_flavor(n, flavor))
-        return got
+            got = self._cache[key] = frozenset(n.name for n in self.cluster if node_in_flavor(n, flavor))  # type: ignore[assignment]
+        return got  # type: ignore[return-value]
 
     def in_topology(self, nodes: tuple[str, ...], topology: Topology) -> tuple[str, ...]:
         """The nodes carrying every level label of ``topology`` (the others are outside it)."""
-        key = (id(nodes), topology.name)
+        key = (id(nodes), topology.name, tuple(topology.level_labels))
         got = self._topo.get(key)
-        if got is None:
+        if got is None or got[0] is not nodes:  # the entry keeps ``nodes`` alive, so its id is not reused
             labels = topology.level_labels
-            got = tuple(n for n in nodes if all(k in self.cluster.nodes[n].labels for k in labels))
-            self._topo[key] = got
-            self._keep.append(nodes)
-        return got
+            inside = tuple(n for n in nodes if all(k in self.cluster.nodes[n].labels for k in labels))
+            got = self._topo[key] = (nodes, inside)
+        return got[1]
 
     def nodes(self, constraints: NodeConstraints, flavor_names: tuple[str, ...]) -> tuple[tuple[str, ...], NodeConstraints]:
         """(feasible nodes, constraints with the flavors injected) for a podset in these flavors."""
-        key = (constraints, flavor_names)
+        key = (constraints, tuple(self._spec(n) for n in flavor_names))
         got = self._cache.get(key)
         if got is None:
             admitted = constraints

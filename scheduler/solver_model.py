@@ -120,11 +120,15 @@ def build_classes(
     the same number of times; CPU and memory may differ (capacities are summed over members).
     """
     node_groups: dict[str, list[int]] = defaultdict(list)
-    for gid, names in prepared.group_nodes.items():
+    for gid, names in prepared.group_nodes.items():  # ascending ids: each node's list is sorted
         for n in names:
             node_groups[n].append(gid)
     depths = class_depths(snapshot, prepared)
-    topo_levels = {name: snapshot.topologies[name].level_labels[: d + 1] for name, d in depths.items()}
+    topo_levels = tuple(sorted((name, tuple(snapshot.topologies[name].level_labels[: d + 1])) for name, d in depths.items()))
+    # a node's domains depend on its labels only: kept from one cycle to the next
+    domain_memo: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = cluster.shared.setdefault(
+        ("class_domains", topo_levels), {}
+    )
     reserved_by: dict[str, Reservation] = {}
     for r in reservations:
         for n in r.nodes:
@@ -132,38 +136,38 @@ def build_classes(
     shapes = list(dict.fromkeys(shapes))
     resources = sorted({r for pod in shapes for r in pod})
     accel = sorted(cluster.accelerators)
-    fit_memo: dict[int, tuple[int, ...]] = {}
+    # what a node's class and capacities read of its state, once per state
+    state_memo: dict[int, tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {}
     classes: dict[tuple[object, ...], NodeClass] = {}
     node_class: dict[str, int] = {}
     ordered: list[NodeClass] = []
+    nodes = cluster.nodes
     for name, gids in node_groups.items():
-        node = cluster.nodes[name]
-        domains: dict[str, tuple[str, ...] | None] = {}
-        for tname, labels in topo_levels.items():
-            values = [node.labels.get(lb) for lb in labels]
-            domains[tname] = None if any(v is None for v in values) else tuple(values)  # type: ignore[arg-type]
-        signature = fit_memo.get(node.state_id)
-        if signature is None:
-            signature = fit_memo[node.state_id] = tuple(min(node.fit_count(pod), 1 << 20) for pod in shapes)
+        node = nodes[name]
+        seen = state_memo.get(node.state_id)
+        if seen is None:
+            signature = tuple(min(cluster.fit_count(node, pod), 1 << 20) for pod in shapes)
+            devices = tuple(tuple(sorted(node.devices.get(a, ()), reverse=True)) for a in accel)
+            seen = state_memo[node.state_id] = (signature, devices, tuple(node.free(r) for r in resources))
+        signature, devices, frees = seen
         if not any(signature):
             continue
-        devices = tuple(tuple(sorted(node.devices.get(a, ()), reverse=True)) for a in accel)
+        domains = domain_memo.get(name)
+        if domains is None:
+            found = []
+            for tname, labels in topo_levels:
+                values = [node.labels.get(lb) for lb in labels]
+                found.append((tname, None if any(v is None for v in values) else tuple(values)))
+            domains = domain_memo[name] = tuple(found)  # type: ignore[arg-type]
         reservation = reserved_by.get(name)
-        key = (
-            tuple(sorted(gids)),
-            tuple(sorted(domains.items())),
-            devices,
-            signature,
-            None if reservation is None else reservation.key,
-        )
+        key = (tuple(gids), domains, devices, signature, None if reservation is None else reservation.key)
         cls = classes.get(key)
         if cls is None:
             pristine = any(devices) and all(all(d == DEVICE_MILLI for d in devs) for devs in devices)
-            cls = classes[key] = NodeClass(len(ordered), [], node, frozenset(gids), domains, pristine, reservation)
+            cls = classes[key] = NodeClass(len(ordered), [], node, frozenset(gids), dict(domains), pristine, reservation)
             ordered.append(cls)
         cls.nodes.append(name)
-        for r in resources:
-            free = node.free(r)
+        for r, free in zip(resources, frees):
             cls.free[r] = cls.free.get(r, 0) + free
             cls.max_free[r] = max(cls.max_free.get(r, 0), free)
             cls.min_free[r] = min(cls.min_free.get(r, free), free)

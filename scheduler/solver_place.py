@@ -181,7 +181,7 @@ class Placer:
         key = (pod.items, sid)  # tuples hash and compare in C, PodRequest in Python
         got = self._fit.get(key)
         if got is None:
-            got = self._fit[key] = min(self.cluster.nodes[name].fit_count(pod), 1 << 20)
+            got = self._fit[key] = min(self.cluster.fit_count(self.cluster.nodes[name], pod), 1 << 20)
         return got
 
     def excluded(self, candidate: Candidate) -> frozenset[str]:

@@ -81,6 +81,44 @@ class TopologyAssignmentResult:
         )
 
 
+TREES_LIMIT = 64
+"""Topology trees a cluster keeps (see `TopologyGraph`)."""
+
+
+class _Tree:
+    """The domains of a topology over some nodes, as a networkx tree (shared, never changed)."""
+
+    def __init__(self, cluster: Cluster, levels: tuple[str, ...], names: Iterable[str]) -> None:
+        self.graph: nx.DiGraph = nx.DiGraph()
+        self.graph.add_node(ROOT, level=-1)
+        self.outside: list[str] = []
+        self.leaf_nodes: dict[DomainKey, list[str]] = {}
+        self.node_domain: dict[str, DomainKey] = {}
+        for node_name in names:
+            node = cluster.nodes[node_name]
+            values = [node.labels.get(label) for label in levels]
+            if any(v is None for v in values):
+                self.outside.append(node_name)
+                continue
+            parent: DomainKey = ROOT
+            for depth in range(len(levels)):
+                key: DomainKey = tuple(values[: depth + 1])  # type: ignore[arg-type]
+                if key not in self.graph:
+                    self.graph.add_node(key, level=depth)
+                    self.graph.add_edge(parent, key)
+                parent = key
+            self.graph.add_node(node_name, level=len(levels))
+            self.graph.add_edge(parent, node_name)
+            self.leaf_nodes.setdefault(parent, []).append(node_name)
+            self.node_domain[node_name] = parent
+        self.by_level: list[list[DomainKey]] = [[] for _ in levels]
+        for vertex, depth in self.graph.nodes(data="level"):
+            if isinstance(vertex, tuple) and depth >= 0:
+                self.by_level[depth].append(vertex)
+        for keys in self.by_level:
+            keys.sort()
+
+
 class TopologyGraph:
     """A `Topology`'s tree over the nodes of a cluster (optionally only some, e.g. one flavor's)."""
 
@@ -98,35 +136,21 @@ class TopologyGraph:
             raise ValueError("a topology needs at least one level")
         self.name = name or (levels.name if isinstance(levels, Topology) else "topology")
         self.gpu_resource = gpu_resource
-        self.graph: nx.DiGraph = nx.DiGraph()
-        self.graph.add_node(ROOT, level=-1)
-        self.outside: list[str] = []
+        # The tree depends only on node names and labels: built once per node set and kept in the
+        # cluster's shared cache (copies and later cycles reuse it; nothing here changes it).
+        names = tuple(cluster.nodes) if nodes is None else tuple(nodes)
+        trees: dict[tuple[object, ...], _Tree] = cluster.shared.setdefault("topology_trees", {})
+        tree = trees.get((self.levels, names))
+        if tree is None:
+            if len(trees) >= TREES_LIMIT:  # node sets that vary (reservations): start over
+                trees.clear()
+            tree = trees[(self.levels, names)] = _Tree(cluster, self.levels, names)
+        self.graph: nx.DiGraph = tree.graph
+        self.outside: list[str] = tree.outside
         """Nodes without every level label: not part of this topology."""
-        self._leaf_nodes: dict[DomainKey, list[str]] = {}
-        self._node_domain: dict[str, DomainKey] = {}
-        for node_name in cluster.nodes if nodes is None else nodes:
-            node = cluster.nodes[node_name]
-            values = [node.labels.get(label) for label in self.levels]
-            if any(v is None for v in values):
-                self.outside.append(node_name)
-                continue
-            parent: DomainKey = ROOT
-            for depth in range(len(self.levels)):
-                key: DomainKey = tuple(values[: depth + 1])  # type: ignore[arg-type]
-                if key not in self.graph:
-                    self.graph.add_node(key, level=depth)
-                    self.graph.add_edge(parent, key)
-                parent = key
-            self.graph.add_node(node_name, level=len(self.levels))
-            self.graph.add_edge(parent, node_name)
-            self._leaf_nodes.setdefault(parent, []).append(node_name)
-            self._node_domain[node_name] = parent
-        self._by_level: list[list[DomainKey]] = [[] for _ in self.levels]
-        for vertex, depth in self.graph.nodes(data="level"):
-            if isinstance(vertex, tuple) and depth >= 0:
-                self._by_level[depth].append(vertex)
-        for keys in self._by_level:
-            keys.sort()
+        self._leaf_nodes: dict[DomainKey, list[str]] = tree.leaf_nodes
+        self._node_domain: dict[str, DomainKey] = tree.node_domain
+        self._by_level: list[list[DomainKey]] = tree.by_level
 
     @classmethod
     def for_flavor(cls, cluster: Cluster, topology: Topology, flavor: ResourceFlavor, gpu_resource: str = GPU_RESOURCE) -> TopologyGraph:
@@ -194,7 +218,7 @@ class TopologyGraph:
                 ok = name in allowed
             else:
                 ok = node.schedulable
-            out[name] = node.fit_count(pod) if ok else 0
+            out[name] = self.cluster.fit_count(node, pod) if ok else 0
         return out
 
     def fit_counts(
@@ -205,8 +229,8 @@ class TopologyGraph:
         Without ``constraints``/``flavor`` only schedulability filters nodes.
         """
         counts: dict[DomainKey | str, int] = dict(self.node_fits(pod, constraints, flavor))
-        for name, leaf in self._node_domain.items():
-            n = min(counts[name], UNLIMITED)
+        for leaf, names in self._leaf_nodes.items():
+            n = min(sum(min(counts[name], UNLIMITED) for name in names), UNLIMITED)
             for depth in range(len(leaf), -1, -1):
                 key = leaf[:depth]
                 counts[key] = min(counts.get(key, 0) + n, UNLIMITED)

@@ -726,3 +726,21 @@ async def test_sync_jobs_skips_settled_workloads_and_repairs_one_whose_job_chang
     world.put("resourceflavors", flavor("a100", {"gpu": "a100", "pool": "x"}))
     await controller.sync_jobs(world.now)
     assert sorted(judged) == ["job-j0", "job-j1", "job-j2"]
+
+
+def test_a_detached_copy_numbers_new_states_apart_and_memoises_fits_apart() -> None:
+    """Copies of one cluster share the state-id table and the fit memo keyed on it; a detached copy has a
+    table of its own, so the same new id may stand for different states in the two: its fit memo must
+    not be the other's."""
+    from scheduler.cluster import Cluster, PodRequest
+    from admission.snapshot import detached_copy
+
+    base = Cluster([Cluster.make_node("n", {GPU: 8000, "cpu": 64000})])
+    other = detached_copy(base)
+    assert other._fit_memo is not base._fit_memo  # noqa: SLF001
+    one = PodRequest.of({GPU: 1000})
+    base.bind("n", PodRequest.of({GPU: 2000}))
+    other.bind("n", PodRequest.of({GPU: 6000}))
+    assert base.node("n").state_id == other.node("n").state_id  # the same new id, two different states
+    assert base.fit_count(base.node("n"), one) == 6
+    assert other.fit_count(other.node("n"), one) == 2

@@ -282,6 +282,49 @@ def test_copy_is_independent() -> None:
     assert cluster.node("a").devices[GPU_RESOURCE] == [1000, 1000]
 
 
+def test_copies_share_node_state_until_either_side_binds() -> None:
+    cluster = cluster_of(node_manifest("a", gpus=2), node_manifest("b", gpus=2))
+    cluster.bind("a", gpu_pod(500))
+    other = cluster.copy()
+    assert other.node("b").devices is cluster.node("b").devices  # nothing copied that nobody changed
+    cluster.bind("a", gpu_pod(1000))  # the original moves on: the copy keeps the state it was given
+    assert other.node("a").devices[GPU_RESOURCE] == [500, 1000]
+    assert other.node("a").used[GPU_RESOURCE] == 500
+    assert cluster.node("a").devices[GPU_RESOURCE] == [500, 0]
+    binding = other.bind("b", gpu_pod(2000))
+    assert cluster.node("b").used.get(GPU_RESOURCE, 0) == 0 and cluster.node("b").devices[GPU_RESOURCE] == [1000, 1000]
+    other.unbind(binding)
+    assert other.node("b").state_key() == cluster.node("b").state_key()
+
+
+def test_fit_memo_follows_the_state_of_each_copy() -> None:
+    cluster = cluster_of(node_manifest("a", gpus=4))
+    pod = gpu_pod(1000)
+    assert cluster.fit_count(cluster.node("a"), pod) == 4
+    other = cluster.copy()
+    other.bind("a", gpu_pod(3000))
+    assert other.fit_count(other.node("a"), pod) == other.node("a").fit_count(pod) == 1
+    assert cluster.fit_count(cluster.node("a"), pod) == 4
+    cluster.bind("a", gpu_pod(2000))
+    assert cluster.fit_count(cluster.node("a"), pod) == 2
+    for c in (cluster, other):  # every answer equals the node's own, whatever the memo holds
+        assert c.fit_count(c.node("a"), gpu_pod(500)) == c.node("a").fit_count(gpu_pod(500))
+
+
+def test_shared_cache_outlives_copies_but_not_a_cordon() -> None:
+    cluster = cluster_of(node_manifest("a"), node_manifest("b"))
+    nothing = NodeConstraints()
+    assert feasible_nodes(cluster, nothing) == ["a", "b"]
+    other = cluster.copy()
+    assert other.shared is cluster.shared  # a later cycle's copy reuses what was worked out
+    other.cordon("b")
+    assert other.shared is not cluster.shared
+    assert feasible_nodes(other, nothing) == ["a"]
+    assert feasible_nodes(cluster, nothing) == ["a", "b"]  # the original's answers are untouched
+    cluster.cordon("a")
+    assert feasible_nodes(cluster, nothing) == ["b"]
+
+
 # --- flavors and feasibility --------------------------------------------------------------------
 
 
