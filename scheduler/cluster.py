@@ -367,6 +367,9 @@ class Cluster:
         changes labels, taints or schedulability starts a new one, leaving its copies theirs."""
         self.version = 0
         """Bumped on every mutation; lets callers cache per-state results."""
+        self.releases = 0
+        """Bumped whenever capacity may have grown (unbind, uncordon, a node added): a scheduler that
+        found some work did not fit knows it still does not while this stays the same."""
         self._state_array = np.zeros(16, dtype=np.int64)
         for node in nodes:
             self.add_node(node)
@@ -429,6 +432,7 @@ class Cluster:
         self.cache.clear()
         self.shared = {}
         self.version += 1
+        self.releases += 1
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -516,6 +520,7 @@ class Cluster:
         """Release what ``binding`` took (exactly those devices)."""
         node = self.nodes[binding.node]
         self._apply(node, binding.pod, binding.devices, -1)
+        self.releases += 1
         if self._journals:
             self._journals[-1].append(("unbind", binding))
 
@@ -528,6 +533,7 @@ class Cluster:
             node.unschedulable = unschedulable
             self.cache.clear()
             self.shared = {}
+            self.releases += 1
             self.version += 1
 
     @contextmanager
@@ -568,6 +574,7 @@ class Cluster:
         other.cache = {}
         other.shared = self.shared
         other.version = 0
+        other.releases = 0
         return other
 
     # --- internals ---------------------------------------------------------------------------

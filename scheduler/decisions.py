@@ -47,6 +47,8 @@ class CycleStats:
     objective: float | None = None
     bound: float | None = None
     considered: int = 0
+    parked: int = 0
+    """Pending workloads left out of the cycle because nothing that could admit them changed."""
 
 
 @dataclass

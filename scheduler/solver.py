@@ -28,20 +28,21 @@ A cycle (see docs/solver.md for the full description):
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from quotas.flavors import AssignmentMode, PodSetRequest, assign_flavors
 from quotas.preemption import Preemptor, find_victims, preemption_oracle
 from quotas.units import format_amount
 from scheduler.cluster import Cluster
 from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, register_policy
-from scheduler.snapshot import PodSetPlacement, Snapshot
+from scheduler.snapshot import Pending, PodSetPlacement, Snapshot
 from scheduler.solver_common import Candidate, Prepared, aging_fraction, prepare
 from scheduler.solver_expand import expand
 from scheduler.solver_model import ModelResult, SolveParams, solve_cycle
-from scheduler.solver_place import Placed, Placer, Reservation, greedy_cycle
+from scheduler.solver_place import Placed, Placer, Reservation, excluded_nodes, greedy_cycle
 
 __all__ = [
     "NOT_ADMITTED",
@@ -121,6 +122,42 @@ def _placed_value(placed: Iterable[Placed], accelerators: Iterable[str]) -> tupl
     return cycle_value(items)
 
 
+# --- what the policy remembers between cycles ----------------------------------------------------------
+
+
+@dataclass
+class _Parked:
+    """A pending workload set aside until something could change its fate (see `TesseraPolicy`)."""
+
+    pending: Pending
+    """The object it was set aside as: another one (requeued, nominated) makes it active again."""
+    reason: str
+    wake_at: float = math.inf
+    """It is looked at again from this time on (its aging threshold, the end of its backoff)."""
+    candidate: Candidate | None = None
+    preempt_seen: tuple[int, int] | None = None
+    """What its last preemption search, which found nothing, saw: admissions counted before that
+    cycle (the possible victims) and after it (the usage). None: it may not preempt. Until another
+    admission it would find nothing again; after one, the search runs again for it."""
+    excluded: frozenset[str] = frozenset()
+    """Nodes held for others it could not use when it was parked: it stays parked while they are."""
+
+
+@dataclass
+class _Memory:
+    inputs: tuple[object, ...]
+    """The snapshot's objects that decide what may be admitted; all the same objects, or forget."""
+    releases: int
+    admitted: frozenset[str]
+    parked: dict[str, _Parked] = field(default_factory=dict)
+    admissions: int = 0
+
+
+def _inputs(snapshot: Snapshot) -> tuple[object, ...]:
+    return (snapshot.cluster, snapshot.tree, snapshot.config, snapshot.flavors, snapshot.cluster_queues,
+            snapshot.local_queues, snapshot.topologies, snapshot.namespace_labels, snapshot.seed)
+
+
 # --- the policy ---------------------------------------------------------------------------------------
 
 
@@ -172,7 +209,22 @@ def _finalize(snapshot: Snapshot, admitted: Sequence[Placed]) -> tuple[list[Plac
 
 
 class TesseraPolicy:
-    """The CP-SAT global packer (see the module docstring)."""
+    """The CP-SAT global packer (see the module docstring).
+
+    Incremental (``incremental=True``): a candidate a cycle could not admit, for which it reserved
+    nothing and whose preemption search found nothing, is *parked*: later cycles leave it out of
+    the greedy pass, the model and the backfill until capacity or quota may have been freed (a
+    workload released, a node uncordoned or added: `Cluster.releases`, the admitted set), nodes
+    held for others that it could not use are no longer held, the configuration objects change,
+    its pending object changes (requeue, nomination), it reaches its aging threshold (it may then
+    get a reservation) or a reservation is made for it. Admissions alone only take capacity, so it
+    still would not fit; they do bring new possible victims, so its preemption search runs again
+    after them. Kueue keeps inadmissible workloads aside the same way, and as there, a parked
+    workload keeps the pending reason of the cycle that parked it. Preparation and
+    reservations still see the whole pending set. StrictFIFO ClusterQueues are never parked (their
+    head blocks the rest). A policy object remembers one stream of snapshots (the snapshots'
+    objects are compared by identity): give each simulation its own.
+    """
 
     name = "tessera"
     places_pods = True
@@ -187,6 +239,7 @@ class TesseraPolicy:
         backfill: bool = True,
         preemption: bool = True,
         kueue_baseline: bool = True,
+        incremental: bool = True,
     ) -> None:
         self.aging_threshold = aging_threshold
         self.max_candidates = max_candidates
@@ -195,6 +248,8 @@ class TesseraPolicy:
         self.backfill = backfill
         self.preemption = preemption
         self.kueue_baseline = kueue_baseline
+        self.incremental = incremental
+        self._memory: _Memory | None = None
         self.last: ModelResult | None = None
         """The solver result of the last cycle (for benchmarks and debugging)."""
 
@@ -207,6 +262,11 @@ class TesseraPolicy:
         deadline = start + time_limit
         prepared = prepare(snapshot)
         reservations = self._reservations(snapshot, prepared)
+        full = snapshot
+        parked = self._parked(snapshot, prepared, reservations)
+        if parked:
+            snapshot = replace(snapshot, pending=[p for p in snapshot.pending if p.key not in parked])
+            prepared = replace(prepared, candidates=[c for c in prepared.candidates if c.key not in parked])
 
         greedy = self._greedy(snapshot, prepared, reservations)
         chosen = greedy
@@ -268,9 +328,14 @@ class TesseraPolicy:
                 elif model.status != "EMPTY":
                     status += ": greedy fallback"
         decisions = self._decisions(snapshot, prepared, chosen, greedy, reservations)
+        for key, entry in parked.items():
+            decisions.pending[key] = entry.reason
+        searched: set[str] = set()
         if self.preemption:
-            self._preempt(snapshot, prepared, chosen, decisions)
+            searched = self._preempt(snapshot, prepared, chosen, decisions, parked, self._search_state(decisions))
         self._renominate(snapshot, decisions)
+        if self.incremental:
+            self._remember(full, prepared, decisions, reservations, parked, searched)
         decisions.stats = CycleStats(
             policy=self.name,
             seconds=time.monotonic() - start,
@@ -278,6 +343,7 @@ class TesseraPolicy:
             objective=objective,
             bound=bound,
             considered=considered,
+            parked=len(parked),
         )
         return decisions
 
@@ -358,6 +424,74 @@ class TesseraPolicy:
         fixed_keys = {p.key for p in fixed}
         chosen = {c.key for c in take_out} | (admitted - fixed_keys)
         return fixed, [c for c in prepared.candidates if c.key in chosen]
+
+    # --- parking (see the class docstring) ---
+
+    def _parked(self, snapshot: Snapshot, prepared: Prepared, reservations: Sequence[Reservation]) -> dict[str, _Parked]:
+        """The candidates still parked in this cycle (none when the memory does not hold)."""
+        memory = self._memory
+        if memory is None or not self.incremental:
+            return {}
+        inputs = _inputs(snapshot)
+        if (
+            len(inputs) != len(memory.inputs)
+            or any(a is not b for a, b in zip(inputs, memory.inputs))
+            or snapshot.cluster.releases != memory.releases
+            or not memory.admitted <= {a.key for a in snapshot.admitted}
+        ):
+            self._memory = None
+            return {}
+        held = {r.key for r in reservations}
+        now = snapshot.now
+        out: dict[str, _Parked] = {}
+        for cand in prepared.candidates:
+            entry = memory.parked.get(cand.key)
+            if entry is None or entry.pending is not cand.pending or now >= entry.wake_at or cand.key in held:
+                continue
+            if entry.excluded and not entry.excluded <= excluded_nodes(reservations, cand):
+                continue  # nodes it could not use are free for it now
+            entry.candidate = cand
+            out[cand.key] = entry
+        return out
+
+    def _search_state(self, decisions: Decisions) -> tuple[int, int]:
+        """What a preemption search sees this cycle: the admissions before it (victims), and after it (usage)."""
+        before = self._memory.admissions if self._memory is not None else 0
+        return (before, before + len(decisions.admissions))
+
+    def _remember(self, snapshot: Snapshot, prepared: Prepared, decisions: Decisions,
+                  reservations: Sequence[Reservation], parked: Mapping[str, _Parked], searched: set[str]) -> None:
+        """Park what this cycle left pending and nothing but a release can change (``snapshot``: the whole one)."""
+        before = self._memory.admissions if self._memory is not None else 0
+        admissions = before + len(decisions.admissions)
+        admitted = frozenset(a.key for a in snapshot.admitted) | {a.key for a in decisions.admissions}
+        memory = _Memory(_inputs(snapshot), snapshot.cluster.releases, admitted, admissions=admissions)
+        held = {r.key for r in reservations} | decisions.nominations.keys()
+        strict = {name for name, cq in snapshot.cluster_queues.items() if cq.spec.queueing_strategy == "StrictFIFO"}
+        now = snapshot.now
+        for key, entry in parked.items():
+            if key in held:
+                continue
+            if key in searched:
+                entry.preempt_seen = (before, admissions)
+            memory.parked[key] = entry  # (a search not reached this cycle runs in the next)
+        admitted_now = {a.key for a in decisions.admissions}
+        for cand in prepared.candidates:
+            key = cand.key
+            if key in admitted_now or key in held or cand.cluster_queue in strict:
+                continue
+            policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
+            may_preempt = self.preemption and not (
+                policy.within_cluster_queue == "Never" and policy.reclaim_within_cohort == "Never"
+            )
+            if may_preempt and key not in searched:
+                continue  # not searched this cycle (too many preemptors before it)
+            wake = math.inf
+            if cand.gpu_total() > 0 and aging_fraction(now - cand.queued_at, self.aging_threshold) < 1.0:
+                wake = cand.queued_at + self.aging_threshold
+            memory.parked[key] = _Parked(cand.pending, decisions.pending.get(key, NOT_ADMITTED), wake, cand,
+                                         (before, admissions) if may_preempt else None, excluded_nodes(reservations, cand))
+        self._memory = memory
 
     # --- aging: reservations ---
 
@@ -486,12 +620,28 @@ class TesseraPolicy:
 
     # --- preemption (post-step) ---
 
-    def _preempt(self, snapshot: Snapshot, prepared: Prepared, chosen: _Outcome, decisions: Decisions) -> None:
+    def _preempt(self, snapshot: Snapshot, prepared: Prepared, chosen: _Outcome, decisions: Decisions,
+                 parked: Mapping[str, _Parked] | None = None, state: tuple[int, int] = (0, 0)) -> set[str]:
+        """Preemptions for candidates left pending, parked ones included, in queue order; returns the
+        workloads whose search ran to the end and preempted nothing.
+
+        A parked workload whose last search saw the same ``state`` (`_Parked.preempt_seen`) would
+        find nothing again: it counts as searched without running the search."""
         tree = snapshot.tree
         admitted_now = {a.key for a in decisions.admissions}
         candidates = [c for c in prepared.candidates if c.key not in admitted_now]
+        settled: set[str] = set()
+        if parked:
+            for key, entry in parked.items():
+                if entry.candidate is not None:
+                    candidates.append(entry.candidate)
+                    if entry.preempt_seen == state:
+                        settled.add(key)
+            candidates.sort(key=lambda c: c.order)  # the order of the whole pending set's preparation
+        searched: set[str] = set()
         if not candidates or not snapshot.admitted:
-            return
+            searched.update(c.key for c in candidates)
+            return searched
         fair = snapshot.config.fair_sharing
         usage = chosen.placer.usage
         cluster: Cluster | None = None
@@ -505,6 +655,7 @@ class TesseraPolicy:
         for cand in candidates:
             policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
             if policy.within_cluster_queue == "Never" and policy.reclaim_within_cohort == "Never":
+                searched.add(cand.key)
                 continue
             if tried >= MAX_PREEMPTORS:
                 break
@@ -516,7 +667,9 @@ class TesseraPolicy:
                 cand.queued_at if policy.within_cluster_queue == "LowerOrNewerEqualPriority" else None,
                 tuple((ps.info.name, ps.count, ps.pod.items, frozenset(allowed[ps.info.name])) for ps in cand.podsets),
             )
-            if same in fruitless:
+            if same in fruitless or (cand.key in settled and not gone):  # (a preemption this cycle changes what it sees)
+                fruitless.add(same)
+                searched.add(cand.key)
                 continue
             pool = [w for w in everyone if w.key not in gone] if gone else everyone
             probe = Preemptor(cand.key, cand.cluster_queue, cand.priority, {}, cand.queued_at)
@@ -532,6 +685,7 @@ class TesseraPolicy:
             )
             if assignment.mode != AssignmentMode.PREEMPT or len(assignment.podsets) != len(cand.podsets):
                 fruitless.add(same)
+                searched.add(cand.key)
                 continue
             preemptor = Preemptor(cand.key, cand.cluster_queue, cand.priority, dict(assignment.usage), cand.queued_at)
             result = find_victims(
@@ -539,6 +693,7 @@ class TesseraPolicy:
             )
             if not result.victims:
                 fruitless.add(same)
+                searched.add(cand.key)
                 continue
             if cluster is None:
                 cluster = chosen.placer.cluster.copy()
@@ -550,6 +705,7 @@ class TesseraPolicy:
                     f"{decisions.pending.get(cand.key, NOT_ADMITTED)}; preempting {victims} would free quota "
                     "but not node capacity for its pods, so nothing is preempted"
                 )
+                searched.add(cand.key)
                 continue
             for v in result.victims:
                 gone.add(v.workload.key)
@@ -570,6 +726,7 @@ class TesseraPolicy:
             decisions.pending[cand.key] = (
                 f"waiting for {len(result.victims)} preempted workload(s) to release {need}: {victims}"
             )
+        return searched
 
     @staticmethod
     def _renominate(snapshot: Snapshot, decisions: Decisions) -> None:

@@ -54,6 +54,15 @@ class Reservation:
         return (candidate.queued_at, candidate.key) > (self.queued_at, self.key)
 
 
+def excluded_nodes(reservations: Iterable[Reservation], candidate: Candidate) -> frozenset[str]:
+    """The nodes held for others that ``candidate`` may not use."""
+    out: frozenset[str] = frozenset()
+    for r in reservations:
+        if r.blocks(candidate):
+            out = out | r.nodes
+    return out
+
+
 @dataclass
 class Placed:
     """One admitted workload: option and pod count per podset, one node per pod, its bindings and quota."""
@@ -185,11 +194,7 @@ class Placer:
         return got
 
     def excluded(self, candidate: Candidate) -> frozenset[str]:
-        out: frozenset[str] = frozenset()
-        for r in self.reservations:
-            if r.blocks(candidate):
-                out = out | r.nodes
-        return out
+        return excluded_nodes(self.reservations, candidate)
 
     def allowed_nodes(self, opt: PodSetOption, excluded: frozenset[str]) -> list[str]:
         if not excluded:

@@ -653,9 +653,13 @@ class Admission:
     async def create_deployment(self, obj: dict[str, Any]) -> dict[str, Any]:
         return await self.actor.create(DEPLOYMENTS, await self.mutate("mutate-deployment", DEPLOYMENTS, obj))
 
-    async def create_pods(self, dep: dict[str, Any], indices: range, template_hash: str = "5d8f7c9b4") -> None:
+    async def create_pods(self, dep: dict[str, Any], indices: range, template_hash: str = "5d8f7c9b4") -> list[dict[str, Any]]:
+        """The pods as the webhook let them in (the operator may ungate them at once after)."""
+        made = []
         for i in indices:  # the ReplicaSet controller, through the Pod webhook
-            await self.actor.create(PODS, await self.mutate("mutate-pod", PODS, replica_pod(dep, i, template_hash)))
+            made.append(await self.mutate("mutate-pod", PODS, replica_pod(dep, i, template_hash)))
+            await self.actor.create(PODS, made[-1])
+        return made
 
 
 def free_port() -> int:
@@ -680,8 +684,7 @@ async def test_deployment_pods_are_gated_then_ungated_on_admission_and_a_second_
         hooks = Admission(Actor(cluster.url, session), port)
         web = await hooks.create_deployment(deployment("ns", "web", "lq", replicas=2, gpus=2))
         assert web["spec"]["template"]["metadata"]["labels"]["tessera.dev/queue-name"] == "lq"
-        await hooks.create_pods(web, range(2))
-        gated = await pods_of(actor, cluster, "web")
+        gated = await hooks.create_pods(web, range(2))
         assert [p["spec"]["schedulingGates"] for p in gated] == [[{"name": GATE}]] * 2
 
         async def ungated(name: str, n: int) -> list[dict[str, Any]] | None:

@@ -1,0 +1,142 @@
+"""The `tessera` policy's parking (incremental cycles): it decides exactly as from scratch.
+
+A random world (the one `test_kueue_incremental` drives: arrivals, finishes, requeues, backoff,
+preemptions whose victims take a while to go, StrictFIFO and BestEffortFIFO queues, borrowing,
+topology) is scheduled by an incremental policy and by one that looks at every workload in every
+cycle; their decisions must be equal, cycle after cycle, while the incremental one parks work.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dataclasses import replace
+
+from quotas.api import Configuration
+from scheduler.cluster import Cluster
+from scheduler.decisions import Decisions
+from scheduler.kueue import admitted_from_admission
+from scheduler.snapshot import Admitted, Pending
+from scheduler.solver import TesseraPolicy
+from test_kueue_incremental import World
+from test_solver import config, cq, node, running, snapshot, workload
+
+
+def _decisions(d: Decisions, parked: set[str] = frozenset()) -> tuple[object, ...]:
+    """What must be equal; a parked workload keeps the reason of the cycle that parked it (amounts
+    of quota in it may have changed since), so only its being pending is compared."""
+    reasons = {k: (v if k not in parked else "parked") for k, v in d.pending.items()}
+    return (d.admissions, d.preemptions, reasons, d.nominations, d.again)
+
+
+@pytest.mark.parametrize("style", ["shared", "fresh"])
+def test_parking_decides_as_from_scratch(style: str) -> None:
+    parked = decided = 0
+    for seed in range(12):
+        p, d = _compare(seed, style)
+        parked, decided = parked + p, decided + d
+    assert decided > 0
+    if style == "shared":
+        assert parked > 0  # the same objects from cycle to cycle: work was parked
+    else:
+        assert parked == 0  # new objects every cycle: nothing is known to be unchanged
+
+
+def _compare(seed: int, style: str) -> tuple[int, int]:
+    """Both policies over one random world; (workloads parked, admissions and preemptions)."""
+    world = World.random(seed * 104729 + len(style), style)
+    world._config["config"] = Configuration.model_validate({"solver": {"timeLimit": 5, "workers": 1}})
+    fast = TesseraPolicy(aging_threshold=6.0)  # aging within the run: reservations and wake-ups
+    reference = TesseraPolicy(aging_threshold=6.0, incremental=False)
+    parked = decided = 0
+    for _ in range(30):
+        world.step_time()
+        for _ in range(20):  # the simulator's loop: cycles at this instant until nothing changes
+            snap = world.snapshot()
+            maybe = set(fast._memory.parked) if fast._memory is not None else set()  # noqa: SLF001
+            got = fast.schedule(snap)
+            want = reference.schedule(snap)
+            assert _decisions(got, maybe) == _decisions(want, maybe), f"t={world.now}"
+            assert want.stats.parked == 0
+            parked += got.stats.parked
+            world.apply(got)
+            decided += len(got.admissions) + len(got.preemptions)
+            if not (got.admissions or got.preemptions):
+                break
+    return parked, decided
+
+
+def _world() -> tuple[Cluster, list[Admitted], dict[str, object]]:
+    """One 8-GPU node, 6 GPUs taken by a running workload; the snapshots share their configuration."""
+    cluster = Cluster([node("n1", gpus=8)])
+    busy = [running(cluster, "busy", "n1", 6, priority=0)]
+    shared = {"queues": [cq("cq", gpus=8, preemption={"withinClusterQueue": "LowerPriority"})], "cfg": config()}
+    return cluster, busy, shared
+
+
+def _snap(cluster: Cluster, admitted: list[Admitted], pend: list[Pending], shared: dict[str, object], now: float) -> object:
+    snap = snapshot(cluster, shared["queues"], [], now=now, cfg=shared["cfg"])  # type: ignore[arg-type]
+    base = shared.setdefault("base", snap)
+    return replace(base, now=now, pending=pend, admitted=admitted)  # type: ignore[type-var]
+
+
+def test_a_parked_workload_waits_out_arrivals_and_is_admitted_at_the_release() -> None:
+    cluster, admitted, shared = _world()
+    big = Pending(workload("big", 4), 0.0)
+    policy = TesseraPolicy()
+    first = policy.schedule(_snap(cluster, admitted, [big], shared, 100.0))
+    assert not first.admissions and first.stats.parked == 0
+    small = Pending(workload("small", 1, created=101.0), 101.0)
+    second = policy.schedule(_snap(cluster, admitted, [big, small], shared, 101.0))
+    assert [a.key for a in second.admissions] == ["default/small"]
+    assert second.stats.parked == 1 and second.pending["default/big"] == first.pending["default/big"]
+    admitted = admitted + [admitted_from_admission(cluster, second.admissions[0], small.workload, 101.0)]
+    third = policy.schedule(_snap(cluster, admitted, [big], shared, 102.0))  # the follow-up cycle
+    assert not third.admissions and third.stats.parked == 1
+    for b in admitted[0].bindings:  # "busy" finishes
+        cluster.unbind(b)
+    fourth = policy.schedule(_snap(cluster, admitted[1:], [big], shared, 103.0))
+    assert fourth.stats.parked == 0 and [a.key for a in fourth.admissions] == ["default/big"]
+
+
+def test_a_parked_workload_wakes_at_its_aging_threshold() -> None:
+    cluster, admitted, shared = _world()
+    big = Pending(workload("big", 4), 0.0)
+    policy = TesseraPolicy(aging_threshold=1000.0)
+    policy.schedule(_snap(cluster, admitted, [big], shared, 100.0))
+    assert policy.schedule(_snap(cluster, admitted, [big], shared, 999.0)).stats.parked == 1
+    late = policy.schedule(_snap(cluster, admitted, [big], shared, 1000.0))
+    assert late.stats.parked == 0 and "reserved for it" in late.pending["default/big"]
+
+
+def test_a_parked_preemptor_searches_again_after_admissions_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each admission brings a possible victim (and changes the usage the search reads): the parked
+    preemptor's search runs again after one, and not in cycles where nothing was admitted."""
+    import scheduler.solver as solver
+
+    searches: list[str] = []
+    real = solver.assign_flavors
+
+    def counted(tree, usage, cq, podsets, **kw):  # type: ignore[no-untyped-def]
+        searches.append(cq)
+        return real(tree, usage, cq, podsets, **kw)
+
+    monkeypatch.setattr(solver, "assign_flavors", counted)
+    cluster = Cluster([node("n1", gpus=8)])
+    admitted = [running(cluster, "busy", "n1", 6, priority=100)]
+    shared: dict[str, object] = {"queues": [cq("cq", gpus=8, preemption={"withinClusterQueue": "LowerPriority"})], "cfg": config()}
+    urgent = Pending(workload("urgent", 3, priority=50), 0.0)
+    policy = TesseraPolicy()
+    policy.schedule(_snap(cluster, admitted, [urgent], shared, 100.0))
+    assert len(searches) == 1
+    policy.schedule(_snap(cluster, admitted, [urgent], shared, 100.5))
+    assert len(searches) == 1  # nothing admitted since: it would find nothing again
+    low = Pending(workload("low", 1, priority=0, created=101.0), 101.0)
+    second = policy.schedule(_snap(cluster, admitted, [urgent, low], shared, 101.0))
+    assert [a.key for a in second.admissions] == ["default/low"] and second.stats.parked == 1
+    assert len(searches) == 2  # admitted in this cycle: the usage it reads changed
+    admitted = admitted + [admitted_from_admission(cluster, second.admissions[0], low.workload, 101.0)]
+    third = policy.schedule(_snap(cluster, admitted, [urgent], shared, 102.0))
+    assert len(searches) == 3 and third.stats.parked == 1  # a new possible victim
+    policy.schedule(_snap(cluster, admitted, [urgent], shared, 103.0))
+    assert len(searches) == 3
