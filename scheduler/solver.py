@@ -359,6 +359,8 @@ class TesseraPolicy:
         )
         if everything:  # every candidate whole: Kueue's cycle cannot admit more
             return best
+        if not admitted and all(_hopeless(placer, c) for c in prepared.candidates):
+            return best  # nobody's cycle admits anything from this state
         other = self._kueue_baseline(snapshot, prepared, reservations)
         if other is not None:
             accel = snapshot.cluster.accelerators
@@ -766,6 +768,20 @@ class TesseraPolicy:
                     request[fr] = request.get(fr, 0) + v * ps.count
             trial.commit()
         return frozenset(nodes)
+
+
+def _hopeless(placer: Placer, cand: Candidate) -> bool:
+    """No cycle could admit ``cand`` from the placer's state: some podset has no option whose
+    quota at its lowest pod count fits on top of the usage, or whose nodes (reserved ones
+    included) hold that many of its pods. (Sufficient, not necessary: a cheap test.)"""
+    for ps in cand.podsets:
+        if not any(
+            placer.quota_fits(cand.cluster_queue, {fr: v * ps.lowest for fr, v in opt.per_pod_quota.items()})[0]
+            and placer.fit_total(ps.pod, opt, frozenset()) >= ps.lowest
+            for opt in ps.options
+        ):
+            return True
+    return False
 
 
 def _replay(cand: Candidate, adm: Admission) -> tuple[list[tuple[int, int]], list[list[tuple[str, int]]], list[tuple[str, ...] | None]] | None:

@@ -18,7 +18,7 @@ from scheduler.decisions import Decisions
 from scheduler.kueue import admitted_from_admission
 from scheduler.snapshot import Admitted, Pending
 from scheduler.solver import TesseraPolicy
-from test_kueue_incremental import World
+from test_kueue_incremental import World, _usage
 from test_solver import config, cq, node, running, snapshot, workload
 
 
@@ -70,14 +70,16 @@ def _world() -> tuple[Cluster, list[Admitted], dict[str, object]]:
     """One 8-GPU node, 6 GPUs taken by a running workload; the snapshots share their configuration."""
     cluster = Cluster([node("n1", gpus=8)])
     busy = [running(cluster, "busy", "n1", 6, priority=0)]
-    shared = {"queues": [cq("cq", gpus=8, preemption={"withinClusterQueue": "LowerPriority"})], "cfg": config()}
+    shared = {"queues": [cq("cq", gpus=16, preemption={"withinClusterQueue": "LowerPriority"})], "cfg": config()}
     return cluster, busy, shared
 
 
 def _snap(cluster: Cluster, admitted: list[Admitted], pend: list[Pending], shared: dict[str, object], now: float) -> object:
     snap = snapshot(cluster, shared["queues"], [], now=now, cfg=shared["cfg"])  # type: ignore[arg-type]
     base = shared.setdefault("base", snap)
-    return replace(base, now=now, pending=pend, admitted=admitted)  # type: ignore[type-var]
+    snap = replace(base, now=now, pending=pend, admitted=admitted)  # type: ignore[type-var]
+    snap.usage = _usage(snap)
+    return snap
 
 
 def test_a_parked_workload_waits_out_arrivals_and_is_admitted_at_the_release() -> None:
