@@ -142,3 +142,24 @@ def test_a_parked_preemptor_searches_again_after_admissions_only(monkeypatch: py
     assert len(searches) == 3 and third.stats.parked == 1  # a new possible victim
     policy.schedule(_snap(cluster, admitted, [urgent], shared, 103.0))
     assert len(searches) == 3
+
+
+def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing fits (quota or total capacity short at the lowest count): no cycle admits anything
+    from this state, so Kueue's cycle is not replayed; when the greedy leaves out a workload
+    that could fit, it is."""
+    replays: list[int] = []
+    real = TesseraPolicy._kueue_baseline
+
+    def counted(self, snapshot, prepared, reservations):  # type: ignore[no-untyped-def]
+        replays.append(len(prepared.candidates))
+        return real(self, snapshot, prepared, reservations)
+
+    monkeypatch.setattr(TesseraPolicy, "_kueue_baseline", counted)
+    cluster, admitted, shared = _world()  # 2 of 8 GPUs free
+    hopeless = [Pending(workload("too-big", 4), 0.0), Pending(workload("over-quota", 2, pods=6, min_count=6), 0.0)]
+    got = TesseraPolicy(incremental=False).schedule(_snap(cluster, admitted, hopeless, shared, 100.0))
+    assert not got.admissions and replays == []
+    fits = [Pending(workload("gang", 1, pods=3, min_count=2), 0.0), Pending(workload("one", 1), 1.0)]
+    TesseraPolicy(incremental=False).schedule(_snap(cluster, admitted, fits, shared, 100.0))
+    assert replays == [2]  # the gang took the room partially: another order might admit more
