@@ -34,7 +34,7 @@ Pure functions: the usage snapshot passed in must include every admitted workloa
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
@@ -58,6 +58,7 @@ __all__ = [
     "PreemptionResult",
     "Preemptor",
     "Victim",
+    "VictimPool",
     "candidate_order_key",
     "find_victims",
     "preemption_oracle",
@@ -453,11 +454,28 @@ def _fair(ctx: _Context, strategy_names: Sequence[str] | None) -> PreemptionResu
 # --- entry points -------------------------------------------------------------------------------
 
 
+class VictimPool:
+    """Admitted workloads grouped by ClusterQueue once, for the many searches a cycle runs over
+    the same pool (the oracle searches once per FlavorResource, then for real)."""
+
+    def __init__(self, admitted: Iterable[AdmittedWorkload]) -> None:
+        self.workloads = list(admitted)
+        self.by_cq: dict[str, list[AdmittedWorkload]] = {}
+        for w in self.workloads:
+            self.by_cq.setdefault(w.cluster_queue, []).append(w)
+
+    def __iter__(self) -> Iterator[AdmittedWorkload]:
+        return iter(self.workloads)
+
+    def __len__(self) -> int:
+        return len(self.workloads)
+
+
 def find_victims(
     tree: QuotaTree,
     usage: Usage,
     preemptor: Preemptor,
-    admitted: Iterable[AdmittedWorkload],
+    admitted: Iterable[AdmittedWorkload] | VictimPool,
     *,
     needs_preemption: Iterable[FlavorResource] | None = None,
     fair_sharing: FairSharingConfig | bool = False,
@@ -477,9 +495,7 @@ def find_victims(
         )
     else:
         frs = frozenset(needs_preemption)
-    by_cq: dict[str, list[AdmittedWorkload]] = {}
-    for w in admitted:
-        by_cq.setdefault(w.cluster_queue, []).append(w)
+    by_cq = (admitted if isinstance(admitted, VictimPool) else VictimPool(admitted)).by_cq
     ctx = _Context(tree, usage, preemptor, node, node.cluster_queue.spec.preemption, frs, by_cq)
     if isinstance(fair_sharing, bool):
         enabled, strategies = fair_sharing, None
@@ -496,7 +512,7 @@ def preemption_oracle(
     tree: QuotaTree,
     usage: Usage,
     preemptor: Preemptor,
-    admitted: Sequence[AdmittedWorkload],
+    admitted: Sequence[AdmittedWorkload] | VictimPool,
     *,
     fair_sharing: FairSharingConfig | bool = False,
 ) -> Callable[[FlavorResource, int], tuple[PreemptionPossibility, int]]:
@@ -508,9 +524,11 @@ def preemption_oracle(
     ``Reclaim`` when all victims are elsewhere in the cohort tree.
     """
 
+    pool = admitted if isinstance(admitted, VictimPool) else VictimPool(admitted)
+
     def oracle(fr: FlavorResource, amount: int) -> tuple[PreemptionPossibility, int]:
         probe = replace(preemptor, request={fr: amount})
-        result = find_victims(tree, usage, probe, admitted, needs_preemption={fr}, fair_sharing=fair_sharing)
+        result = find_victims(tree, usage, probe, pool, needs_preemption={fr}, fair_sharing=fair_sharing)
         if not result.victims:
             return "NoCandidates", tree.lowest_fitting_subtree(preemptor.cluster_queue, fr, amount, usage)[0]
         level = tree.lowest_fitting_subtree(preemptor.cluster_queue, fr, amount, result.usage_after)[0]

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from quotas.flavors import AssignmentMode, PodSetRequest, assign_flavors
-from quotas.preemption import Preemptor, find_victims, preemption_oracle
+from quotas.preemption import Preemptor, VictimPool, find_victims, preemption_oracle
 from quotas.units import format_amount
 from scheduler.cluster import Cluster
 from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, register_policy
@@ -647,9 +647,9 @@ class TesseraPolicy:
         fair = snapshot.config.fair_sharing
         usage = chosen.placer.usage
         cluster: Cluster | None = None
-        by_key = {a.key: a for a in snapshot.admitted}
+        by_key: dict[str, object] = {}
         gone: set[str] = set()
-        everyone = [a.as_candidate() for a in snapshot.admitted]
+        pool: VictimPool | None = None  # built at the first search that runs (parked ones are often all settled)
         tried = 0
         # Preemptors that found nothing to preempt, by what the search reads of them: an identical
         # one finds nothing either until a preemption changes the usage and the pool.
@@ -673,7 +673,9 @@ class TesseraPolicy:
                 fruitless.add(same)
                 searched.add(cand.key)
                 continue
-            pool = [w for w in everyone if w.key not in gone] if gone else everyone
+            if pool is None:
+                by_key = {a.key: a for a in snapshot.admitted}
+                pool = VictimPool(a.as_candidate() for a in snapshot.admitted)
             probe = Preemptor(cand.key, cand.cluster_queue, cand.priority, {}, cand.queued_at)
             oracle = preemption_oracle(tree, usage, probe, pool, fair_sharing=fair)
             assignment = assign_flavors(
@@ -722,6 +724,7 @@ class TesseraPolicy:
                     )
                 )
             usage = result.usage_after.admit(cand.cluster_queue, assignment.usage)  # keep the freed quota for it
+            pool = VictimPool(w for w in pool if w.key not in gone)
             fruitless.clear()
             decisions.nominations[cand.key] = nodes
             need = ", ".join(f"{format_amount(v, r)} {r} in {f}" for (f, r), v in sorted(assignment.usage.items()) if v)
