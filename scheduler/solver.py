@@ -133,7 +133,7 @@ class _Parked:
     """The object it was set aside as: another one (requeued, nominated) makes it active again."""
     reason: str
     wake_at: float = math.inf
-    """It is looked at again from this time on (its aging threshold, the end of its backoff)."""
+    """It is looked at again from this time on (its aging threshold: it may then get a reservation)."""
     candidate: Candidate | None = None
     preempt_seen: tuple[int, int] | None = None
     """What its last preemption search, which found nothing, saw: admissions counted before that
