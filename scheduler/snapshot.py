@@ -49,8 +49,9 @@ class Admitted:
     """Pods bound to nodes (the cluster in the snapshot already counts them)."""
     evicted: bool = False
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
+        """(Cached: every cycle reads it for every admitted workload, several times.)"""
         return self.workload.key
 
     @property
