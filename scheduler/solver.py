@@ -135,10 +135,9 @@ class _Parked:
     wake_at: float = math.inf
     """It is looked at again from this time on (its aging threshold: it may then get a reservation)."""
     candidate: Candidate | None = None
-    preempt_seen: tuple[int, int] | None = None
-    """What its last preemption search, which found nothing, saw: admissions counted before that
-    cycle (the possible victims) and after it (the usage). None: it may not preempt. Until another
-    admission it would find nothing again; after one, the search runs again for it."""
+    preempt_seen: tuple[object, ...] | None = None
+    """What its last preemption search, which found nothing, saw (`_Stamps.stamp`); None: it may
+    not preempt."""
     excluded: frozenset[str] = frozenset()
     """Nodes held for others it could not use when it was parked: it stays parked while they are."""
 
@@ -150,7 +149,48 @@ class _Memory:
     releases: int
     admitted: frozenset[str]
     parked: dict[str, _Parked] = field(default_factory=dict)
-    admissions: int = 0
+    admissions: dict[str, int] = field(default_factory=dict)
+    """Admissions so far per root of the quota tree."""
+    epochs: dict[str, int] = field(default_factory=dict)
+    borrowing: frozenset[tuple[int, object]] = frozenset()
+    """(tree node id, FlavorResource) over their quota at the end of the cycle."""
+
+
+@dataclass
+class _Stamps:
+    """What the preemption searches of one cycle see, per root of the quota tree: admissions
+    before and after this cycle's, and the borrowing epoch (moved when a queue or cohort of the
+    tree went over its quota in some resource; with fair sharing, by any admission there).
+
+    A search that found nothing finds nothing again while its stamp stays the same:
+    - ``fit`` (the quota fits) and ``nodes`` (victims would free quota, not node room): while no
+      admission happened in its tree. As quota
+      fills up, a workload whose quota fitted may have to preempt, and a larger pool may give
+      other victims on other nodes.
+    - ``no-victims`` (preempting could not make the quota fit, or no flavor fits even with
+      preemption: the oracle's searches found nothing): while the epoch stays. Between
+      releases an admission takes from what was free as much as it brings as a possible victim;
+      only a queue going over its quota makes the workloads already there reclaimable. A search
+      in a cycle that admitted in its tree saw the usage ahead of the pool: it holds for nothing.
+    """
+
+    before: dict[str, int]
+    after: dict[str, int]
+    epochs: dict[str, int]
+    over: frozenset[tuple[int, object]]
+
+    def stamp(self, root: str, kind: str) -> tuple[object, ...]:
+        if kind == "no-victims":
+            complete = self.after.get(root, 0) == self.before.get(root, 0)
+            return (kind, self.epochs.get(root, 0) if complete else -1)
+        return (kind, self.before.get(root, 0), self.after.get(root, 0))
+
+    def settled(self, root: str, seen: tuple[object, ...] | None) -> bool:
+        if seen is None:
+            return False
+        if seen[0] == "no-victims":
+            return seen[1] != -1 and seen[1] == self.epochs.get(root, 0)
+        return seen == self.stamp(root, str(seen[0]))
 
 
 def _inputs(snapshot: Snapshot) -> tuple[object, ...]:
@@ -330,12 +370,14 @@ class TesseraPolicy:
         decisions = self._decisions(snapshot, prepared, chosen, greedy, reservations)
         for key, entry in parked.items():
             decisions.pending[key] = entry.reason
-        searched: set[str] = set()
+        searched: dict[str, str] = {}
+        stamps: _Stamps | None = None
         if self.preemption:
-            searched = self._preempt(snapshot, prepared, chosen, decisions, parked, self._search_state(decisions))
+            stamps = self._stamps(snapshot, chosen, decisions)
+            searched = self._preempt(snapshot, prepared, chosen, decisions, parked, stamps)
         self._renominate(snapshot, decisions)
         if self.incremental:
-            self._remember(full, prepared, decisions, reservations, parked, searched)
+            self._remember(full, prepared, decisions, reservations, parked, searched, stamps)
         decisions.stats = CycleStats(
             policy=self.name,
             seconds=time.monotonic() - start,
@@ -456,26 +498,47 @@ class TesseraPolicy:
             out[cand.key] = entry
         return out
 
-    def _search_state(self, decisions: Decisions) -> tuple[int, int]:
-        """What a preemption search sees this cycle: the admissions before it (victims), and after it (usage)."""
-        before = self._memory.admissions if self._memory is not None else 0
-        return (before, before + len(decisions.admissions))
+    def _stamps(self, snapshot: Snapshot, chosen: _Outcome, decisions: Decisions) -> _Stamps:
+        tree = snapshot.tree
+        memory = self._memory
+        before = dict(memory.admissions) if memory is not None else {}
+        after = dict(before)
+        for a in decisions.admissions:
+            root = tree.root(a.cluster_queue).name
+            after[root] = after.get(root, 0) + 1
+        usage = chosen.placer.usage
+        over = frozenset(
+            (node.id, fr) for node in tree.nodes for fr, v in usage.node(node.id).items() if v > node.subtree_quota.get(fr, 0)
+        )
+        epochs = dict(memory.epochs) if memory is not None else {}
+        moved = {tree.root(nid).name for nid, _ in over - (memory.borrowing if memory is not None else frozenset())}
+        if snapshot.config.fair_sharing.enable:
+            moved |= {root for root in after if after[root] != before.get(root, 0)}
+        for root in moved:
+            epochs[root] = epochs.get(root, 0) + 1
+        return _Stamps(before, after, epochs, over)
 
     def _remember(self, snapshot: Snapshot, prepared: Prepared, decisions: Decisions,
-                  reservations: Sequence[Reservation], parked: Mapping[str, _Parked], searched: set[str]) -> None:
+                  reservations: Sequence[Reservation], parked: Mapping[str, _Parked], searched: Mapping[str, str],
+                  stamps: _Stamps | None) -> None:
         """Park what this cycle left pending and nothing but a release can change (``snapshot``: the whole one)."""
-        before = self._memory.admissions if self._memory is not None else 0
-        admissions = before + len(decisions.admissions)
         admitted = frozenset(a.key for a in snapshot.admitted) | {a.key for a in decisions.admissions}
-        memory = _Memory(_inputs(snapshot), snapshot.cluster.releases, admitted, admissions=admissions)
+        memory = _Memory(_inputs(snapshot), snapshot.cluster.releases, admitted)
+        if stamps is not None:
+            memory.admissions, memory.epochs, memory.borrowing = stamps.after, stamps.epochs, stamps.over
+        tree = snapshot.tree
+
+        def seen(cand: Candidate) -> tuple[object, ...] | None:
+            return None if stamps is None else stamps.stamp(tree.root(cand.cluster_queue).name, searched[cand.key])
+
         held = {r.key for r in reservations} | decisions.nominations.keys()
         strict = {name for name, cq in snapshot.cluster_queues.items() if cq.spec.queueing_strategy == "StrictFIFO"}
         now = snapshot.now
         for key, entry in parked.items():
             if key in held:
                 continue
-            if key in searched:
-                entry.preempt_seen = (before, admissions)
+            if key in searched and entry.candidate is not None:
+                entry.preempt_seen = seen(entry.candidate)
             memory.parked[key] = entry  # (a search not reached this cycle runs in the next)
         admitted_now = {a.key for a in decisions.admissions}
         for cand in prepared.candidates:
@@ -492,7 +555,7 @@ class TesseraPolicy:
             if cand.gpu_total() > 0 and aging_fraction(now - cand.queued_at, self.aging_threshold) < 1.0:
                 wake = cand.queued_at + self.aging_threshold
             memory.parked[key] = _Parked(cand.pending, decisions.pending.get(key, NOT_ADMITTED), wake, cand,
-                                         (before, admissions) if may_preempt else None, excluded_nodes(reservations, cand))
+                                         seen(cand) if may_preempt else None, excluded_nodes(reservations, cand))
         self._memory = memory
 
     # --- aging: reservations ---
@@ -623,27 +686,28 @@ class TesseraPolicy:
     # --- preemption (post-step) ---
 
     def _preempt(self, snapshot: Snapshot, prepared: Prepared, chosen: _Outcome, decisions: Decisions,
-                 parked: Mapping[str, _Parked] | None = None, state: tuple[int, int] = (0, 0)) -> set[str]:
+                 parked: Mapping[str, _Parked] | None = None, stamps: _Stamps | None = None) -> dict[str, str]:
         """Preemptions for candidates left pending, parked ones included, in queue order; returns the
-        workloads whose search ran to the end and preempted nothing.
+        workloads whose search ran to the end in this cycle and preempted nothing, with why (see
+        `_Stamps`).
 
-        A parked workload whose last search saw the same ``state`` (`_Parked.preempt_seen`) would
-        find nothing again: it counts as searched without running the search."""
+        A parked workload whose last search holds for these ``stamps`` (`_Parked.preempt_seen`)
+        would find nothing again: it is passed over without running the search."""
         tree = snapshot.tree
         admitted_now = {a.key for a in decisions.admissions}
         candidates = [c for c in prepared.candidates if c.key not in admitted_now]
-        settled: set[str] = set()
+        settled: dict[str, str] = {}
         if parked:
             for key, entry in parked.items():
                 if entry.candidate is not None:
                     candidates.append(entry.candidate)
-                    if entry.preempt_seen == state:
-                        settled.add(key)
+                    seen = entry.preempt_seen
+                    if stamps is not None and seen is not None and stamps.settled(tree.root(entry.candidate.cluster_queue).name, seen):
+                        settled[key] = str(seen[0])
             candidates.sort(key=lambda c: c.order)  # the order of the whole pending set's preparation
-        searched: set[str] = set()
+        searched: dict[str, str] = {}
         if not candidates or not snapshot.admitted:
-            searched.update(c.key for c in candidates)
-            return searched
+            return {c.key: "fit" for c in candidates if c.key not in settled}
         fair = snapshot.config.fair_sharing
         usage = chosen.placer.usage
         cluster: Cluster | None = None
@@ -653,11 +717,11 @@ class TesseraPolicy:
         tried = 0
         # Preemptors that found nothing to preempt, by what the search reads of them: an identical
         # one finds nothing either until a preemption changes the usage and the pool.
-        fruitless: set[tuple[object, ...]] = set()
+        fruitless: dict[tuple[object, ...], str] = {}
         for cand in candidates:
             policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
             if policy.within_cluster_queue == "Never" and policy.reclaim_within_cohort == "Never":
-                searched.add(cand.key)
+                searched[cand.key] = "fit"
                 continue
             if tried >= MAX_PREEMPTORS:
                 break
@@ -669,9 +733,11 @@ class TesseraPolicy:
                 cand.queued_at if policy.within_cluster_queue == "LowerOrNewerEqualPriority" else None,
                 tuple((ps.info.name, ps.count, ps.pod.items, frozenset(allowed[ps.info.name])) for ps in cand.podsets),
             )
-            if same in fruitless or (cand.key in settled and not gone):  # (a preemption this cycle changes what it sees)
-                fruitless.add(same)
-                searched.add(cand.key)
+            if cand.key in settled and not gone:  # (a preemption this cycle changes what it sees)
+                fruitless.setdefault(same, settled[cand.key])
+                continue
+            if same in fruitless:
+                searched[cand.key] = fruitless[same]
                 continue
             if pool is None:
                 by_key = {a.key: a for a in snapshot.admitted}
@@ -688,16 +754,15 @@ class TesseraPolicy:
                 oracle=oracle,
             )
             if assignment.mode != AssignmentMode.PREEMPT or len(assignment.podsets) != len(cand.podsets):
-                fruitless.add(same)
-                searched.add(cand.key)
+                # no flavor fits even by preempting (the oracle's searches found nothing): as "no-victims"
+                fruitless[same] = searched[cand.key] = "no-victims" if assignment.mode == AssignmentMode.NO_FIT else "fit"
                 continue
             preemptor = Preemptor(cand.key, cand.cluster_queue, cand.priority, dict(assignment.usage), cand.queued_at)
             result = find_victims(
                 tree, usage, preemptor, pool, needs_preemption=assignment.preempt_frs, fair_sharing=fair
             )
             if not result.victims:
-                fruitless.add(same)
-                searched.add(cand.key)
+                fruitless[same] = searched[cand.key] = "no-victims"
                 continue
             if cluster is None:
                 cluster = chosen.placer.cluster.copy()
@@ -709,7 +774,7 @@ class TesseraPolicy:
                     f"{decisions.pending.get(cand.key, NOT_ADMITTED)}; preempting {victims} would free quota "
                     "but not node capacity for its pods, so nothing is preempted"
                 )
-                searched.add(cand.key)
+                searched[cand.key] = "nodes"
                 continue
             for v in result.victims:
                 gone.add(v.workload.key)

@@ -12,14 +12,14 @@ import pytest
 
 from dataclasses import replace
 
-from quotas.api import Configuration
+from quotas.api import Cohort, Configuration
 from scheduler.cluster import Cluster
 from scheduler.decisions import Decisions
 from scheduler.kueue import admitted_from_admission
 from scheduler.snapshot import Admitted, Pending
 from scheduler.solver import TesseraPolicy
 from test_kueue_incremental import World, _usage
-from test_solver import config, cq, node, running, snapshot, workload
+from test_solver import config, cq, lq, node, running, snapshot, workload
 
 
 def _decisions(d: Decisions, parked: set[str] = frozenset()) -> tuple[object, ...]:
@@ -111,9 +111,8 @@ def test_a_parked_workload_wakes_at_its_aging_threshold() -> None:
     assert late.stats.parked == 0 and "reserved for it" in late.pending["default/big"]
 
 
-def test_a_parked_preemptor_searches_again_after_admissions_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each admission brings a possible victim (and changes the usage the search reads): the parked
-    preemptor's search runs again after one, and not in cycles where nothing was admitted."""
+def _count_searches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ClusterQueue of every preemption search that runs (each starts with a flavor assignment)."""
     import scheduler.solver as solver
 
     searches: list[str] = []
@@ -124,10 +123,40 @@ def test_a_parked_preemptor_searches_again_after_admissions_only(monkeypatch: py
         return real(tree, usage, cq, podsets, **kw)
 
     monkeypatch.setattr(solver, "assign_flavors", counted)
+    return searches
+
+
+def _preemptor_world(quota: int) -> tuple[Cluster, list[Admitted], dict[str, object], Pending]:
+    """8 GPUs, 6 taken by a workload of priority 100; a priority-50 workload asks for 3."""
     cluster = Cluster([node("n1", gpus=8)])
     admitted = [running(cluster, "busy", "n1", 6, priority=100)]
-    shared: dict[str, object] = {"queues": [cq("cq", gpus=8, preemption={"withinClusterQueue": "LowerPriority"})], "cfg": config()}
-    urgent = Pending(workload("urgent", 3, priority=50), 0.0)
+    shared: dict[str, object] = {"queues": [cq("cq", gpus=quota, preemption={"withinClusterQueue": "LowerPriority"})],
+                                 "cfg": config()}
+    return cluster, admitted, shared, Pending(workload("urgent", 3, priority=50), 0.0)
+
+
+def test_a_parked_preemptor_that_found_no_victim_is_not_searched_again_after_admissions(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quota short and no victim: an admission takes from the free quota what it brings as a
+    victim, so the search would find nothing again; it is not run."""
+    searches = _count_searches(monkeypatch)
+    cluster, admitted, shared, urgent = _preemptor_world(quota=8)
+    policy = TesseraPolicy()
+    policy.schedule(_snap(cluster, admitted, [urgent], shared, 100.0))
+    assert len(searches) == 1
+    low = Pending(workload("low", 1, priority=0, created=101.0), 101.0)
+    second = policy.schedule(_snap(cluster, admitted, [urgent, low], shared, 101.0))
+    assert [a.key for a in second.admissions] == ["default/low"] and second.stats.parked == 1
+    admitted = admitted + [admitted_from_admission(cluster, second.admissions[0], low.workload, 101.0)]
+    policy.schedule(_snap(cluster, admitted, [urgent], shared, 102.0))
+    assert len(searches) == 1
+
+
+def test_a_parked_preemptor_whose_quota_fitted_searches_again_after_admissions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its quota fitted (its pods did not): as admissions fill the quota it may have to preempt,
+    so its search runs again after each, and not in cycles where nothing was admitted."""
+    searches = _count_searches(monkeypatch)
+    cluster, admitted, shared, urgent = _preemptor_world(quota=16)
     policy = TesseraPolicy()
     policy.schedule(_snap(cluster, admitted, [urgent], shared, 100.0))
     assert len(searches) == 1
@@ -141,6 +170,45 @@ def test_a_parked_preemptor_searches_again_after_admissions_only(monkeypatch: py
     third = policy.schedule(_snap(cluster, admitted, [urgent], shared, 102.0))
     assert len(searches) == 3 and third.stats.parked == 1  # a new possible victim
     policy.schedule(_snap(cluster, admitted, [urgent], shared, 103.0))
+    assert len(searches) == 3
+
+
+def test_a_parked_preemptor_searches_again_when_an_admission_makes_a_queue_borrow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a queue going over its quota makes the workloads already there reclaimable: then the
+    parked preemptor that found no victim searches again (twice: the cycle that admitted saw the
+    usage ahead of the pool)."""
+    searches = _count_searches(monkeypatch)
+    cluster = Cluster([node("n1", gpus=8)])
+    admitted = [running(cluster, "b-old", "n1", 3, queue="b")]
+    queues = [cq("a", gpus=4, cohort="c", preemption={"reclaimWithinCohort": "Any"}), cq("b", gpus=4, cohort="c")]
+    base = snapshot(cluster, queues, [], local_queues=[lq("qa", "a"), lq("qb", "b")],
+                    cohorts=[Cohort.model_validate({"metadata": {"name": "c"}})], cfg=config())
+    policy = TesseraPolicy()
+    pend: list[Pending] = [Pending(workload("urgent", 6, queue="qa"), 0.0)]
+
+    def cycle(now: float) -> Decisions:
+        nonlocal admitted
+        snap = replace(base, now=now, pending=list(pend), admitted=list(admitted))
+        snap.usage = _usage(snap)
+        got = policy.schedule(snap)
+        for a in got.admissions:
+            p = next(p for p in pend if p.key == a.key)
+            pend.remove(p)
+            admitted = admitted + [admitted_from_admission(cluster, a, p.workload, now)]
+        return got
+
+    assert not cycle(100).preemptions and len(searches) == 1  # b borrows nothing: no victim
+    cycle(101)
+    pend.append(Pending(workload("b-small", 1, queue="qb", created=102.0), 102.0))
+    assert [a.key for a in cycle(102).admissions] == ["default/b-small"]
+    cycle(103)
+    assert len(searches) == 1  # b at its quota, not over: nothing new to reclaim
+    pend.append(Pending(workload("b-big", 1, queue="qb", created=104.0), 104.0))
+    assert [a.key for a in cycle(104).admissions] == ["default/b-big"]
+    assert len(searches) == 2  # b borrows now: its workloads may be reclaimed
+    cycle(105)
+    assert len(searches) == 3  # once more with b-big among the possible victims
+    cycle(106)
     assert len(searches) == 3
 
 
