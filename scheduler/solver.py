@@ -258,8 +258,8 @@ class TesseraPolicy:
     held for others that it could not use are no longer held, the configuration objects change,
     its pending object changes (requeue, nomination), it reaches its aging threshold (it may then
     get a reservation) or a reservation is made for it. Admissions alone only take capacity, so it
-    still would not fit; they do bring new possible victims, so its preemption search runs again
-    after them. Kueue keeps inadmissible workloads aside the same way, and as there, a parked
+    still would not fit; its preemption search runs again when they could have given it something
+    to preempt (`_Stamps`). Kueue keeps inadmissible workloads aside the same way, and as there, a parked
     workload keeps the pending reason of the cycle that parked it. Preparation and
     reservations still see the whole pending set. StrictFIFO ClusterQueues are never parked (their
     head blocks the rest). A policy object remembers one stream of snapshots (the snapshots'
