@@ -506,10 +506,14 @@ class TesseraPolicy:
         for a in decisions.admissions:
             root = tree.root(a.cluster_queue).name
             after[root] = after.get(root, 0) + 1
-        usage = chosen.placer.usage
-        over = frozenset(
-            (node.id, fr) for node in tree.nodes for fr, v in usage.node(node.id).items() if v > node.subtree_quota.get(fr, 0)
-        )
+        if memory is not None and not decisions.admissions:
+            over = memory.borrowing  # the usage the last cycle ended with (nothing released since)
+        else:
+            usage = chosen.placer.usage
+            over = frozenset(
+                (node.id, fr) for node in tree.nodes for fr, v in usage.node(node.id).items()
+                if v > node.subtree_quota.get(fr, 0)
+            )
         epochs = dict(memory.epochs) if memory is not None else {}
         moved = {tree.root(nid).name for nid, _ in over - (memory.borrowing if memory is not None else frozenset())}
         if snapshot.config.fair_sharing.enable:
@@ -545,10 +549,7 @@ class TesseraPolicy:
             key = cand.key
             if key in admitted_now or key in held or cand.cluster_queue in strict:
                 continue
-            policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
-            may_preempt = self.preemption and not (
-                policy.within_cluster_queue == "Never" and policy.reclaim_within_cohort == "Never"
-            )
+            may_preempt = self.preemption and _may_preempt(snapshot, cand)
             if may_preempt and key not in searched:
                 continue  # not searched this cycle (too many preemptors before it)
             wake = math.inf
@@ -719,10 +720,10 @@ class TesseraPolicy:
         # one finds nothing either until a preemption changes the usage and the pool.
         fruitless: dict[tuple[object, ...], str] = {}
         for cand in candidates:
-            policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
-            if policy.within_cluster_queue == "Never" and policy.reclaim_within_cohort == "Never":
+            if not _may_preempt(snapshot, cand):
                 searched[cand.key] = "fit"
                 continue
+            policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
             if tried >= MAX_PREEMPTORS:
                 break
             tried += 1
@@ -836,6 +837,12 @@ class TesseraPolicy:
                     request[fr] = request.get(fr, 0) + v * ps.count
             trial.commit()
         return frozenset(nodes)
+
+
+def _may_preempt(snapshot: Snapshot, cand: Candidate) -> bool:
+    """Its ClusterQueue's preemption policy lets it preempt something (in the queue or the cohort)."""
+    policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
+    return not (policy.within_cluster_queue == "Never" and policy.reclaim_within_cohort == "Never")
 
 
 def _hopeless(placer: Placer, cand: Candidate) -> bool:
