@@ -34,7 +34,10 @@ Pure functions: the usage snapshot passed in must include every admitted workloa
 from __future__ import annotations
 
 import enum
+import heapq
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import chain
 from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
@@ -150,6 +153,11 @@ def candidate_order_key(w: AdmittedWorkload, preemptor_cq: str) -> tuple[bool, b
     return (not w.evicted, w.cluster_queue == preemptor_cq, w.priority, -w.admitted_at, w.key)
 
 
+def _queue_order(w: AdmittedWorkload) -> tuple[int, float, str]:
+    """`candidate_order_key` among workloads of one queue and eviction state."""
+    return (w.priority, -w.admitted_at, w.key)
+
+
 def workload_fits(
     tree: QuotaTree, usage: Usage, cluster_queue: str, request: Mapping[FlavorResource, int], allow_borrowing: bool
 ) -> bool:
@@ -209,7 +217,7 @@ class _Context:
     node: Node
     policy: ClusterQueuePreemption
     frs: frozenset[FlavorResource]
-    by_cq: Mapping[str, Sequence[AdmittedWorkload]]
+    pool: VictimPool
 
     def fits(self, usage: Usage, allow_borrowing: bool) -> bool:
         return workload_fits(self.tree, usage, self.preemptor.cluster_queue, self.preemptor.request, allow_borrowing)
@@ -275,18 +283,57 @@ def _classify(ctx: _Context, w: AdmittedWorkload, advantage: bool) -> _Variant:
     return _Variant.RECLAIM_WITHOUT_BORROWING if above else _Variant.RECLAIM_WHILE_BORROWING
 
 
-def _from_queue(ctx: _Context, cq: Node, lca: Node | None, advantage: bool) -> list[_Candidate]:
-    out = []
-    never = _Variant.NEVER
-    for w in ctx.by_cq.get(cq.name, ()):
+def _from_queue(
+    ctx: _Context, source: _Source, evicted: bool, borrow: bool = False, reclaimed: set[tuple[str, int]] | None = None
+) -> Iterator[_Candidate]:
+    """The queue's candidates, evicted or not, in Kueue's order; those of too high a priority for
+    the queue's policy are not looked at. For an attempt that may borrow, candidates only
+    reclaimable without borrowing are left out; once the queue is in ``reclaimed`` (with this
+    LCA), the rest are too."""
+    cq, lca, advantage = source
+    policy = ctx.policy.within_cluster_queue if cq is ctx.node else ctx.policy.reclaim_within_cohort
+    workloads, priorities = ctx.pool.ordered(cq.name, evicted)
+    stop = len(workloads)
+    if policy == "LowerPriority":
+        stop = bisect_left(priorities, ctx.preemptor.priority)
+    elif policy == "LowerOrNewerEqualPriority":
+        stop = bisect_right(priorities, ctx.preemptor.priority)
+    if borrow and cq is not ctx.node and not advantage:
+        # only reclaim while borrowing (`_classify`): lower priority, at most the threshold
+        allowed, threshold = _borrow_within_cohort(ctx.policy)
+        if not allowed:
+            return
+        stop = min(stop, bisect_left(priorities, ctx.preemptor.priority))
+        if threshold is not None:
+            stop = min(stop, bisect_right(priorities, threshold))
+    never, without = _Variant.NEVER, _Variant.RECLAIM_WITHOUT_BORROWING
+    dead = (cq.name, lca.id) if lca is not None and reclaimed is not None else None
+    for i in range(stop):
+        if dead is not None and dead in reclaimed:  # type: ignore[operator]
+            return
+        w = workloads[i]
         variant = _classify(ctx, w, advantage)
-        if variant is not never:
-            out.append(_Candidate(w, lca, variant))
-    return out
+        if variant is not never and not (borrow and variant is without):
+            yield _Candidate(w, lca, variant)
+
+
+_Source = tuple[Node, "Node | None", bool]
+"""A ClusterQueue whose workloads may be victims: (queue, lowest common ancestor, hierarchical advantage)."""
+
+
+def _merged(
+    ctx: _Context, sources: Sequence[_Source], evicted: bool, borrow: bool = False, reclaimed: set[tuple[str, int]] | None = None
+) -> Iterator[_Candidate]:
+    """The candidates of several queues merged in Kueue's order (all of them other queues than
+    the preemptor's, or all its own, so the order within one queue decides)."""
+    streams = [_from_queue(ctx, src, evicted, borrow, reclaimed) for src in sources]
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda c: _queue_order(c.workload))
 
 
 def _collect_in_subtree(
-    ctx: _Context, current: Node, subtree_root: Node, skip: Node | None, advantage: bool, out: list[_Candidate]
+    ctx: _Context, current: Node, subtree_root: Node, skip: Node | None, advantage: bool, out: list[_Source]
 ) -> None:
     tree = ctx.tree
     for child in tree.children(current):
@@ -299,13 +346,13 @@ def _collect_in_subtree(
         if not child.is_cluster_queue or child is ctx.node:
             continue
         if not tree.within_nominal(child, ctx.frs, ctx.usage):
-            out.extend(_from_queue(ctx, child, subtree_root, advantage))
+            out.append((child, subtree_root, advantage))
 
 
-def _hierarchical_candidates(ctx: _Context) -> tuple[list[_Candidate], list[_Candidate]]:
-    """(candidates over which the preemptor has hierarchical advantage, priority-based candidates)."""
-    hierarchy: list[_Candidate] = []
-    by_priority: list[_Candidate] = []
+def _hierarchical_sources(ctx: _Context) -> tuple[list[_Source], list[_Source]]:
+    """(queues over which the preemptor has hierarchical advantage, queues of priority-based candidates)."""
+    hierarchy: list[_Source] = []
+    by_priority: list[_Source] = []
     if ctx.node.parent is None or ctx.policy.reclaim_within_cohort == "Never":
         return hierarchy, by_priority
     tree = ctx.tree
@@ -319,36 +366,28 @@ def _hierarchical_candidates(ctx: _Context) -> tuple[list[_Candidate], list[_Can
     return hierarchy, by_priority
 
 
-def _still_valid(ctx: _Context, cand: _Candidate, borrow: bool, usage: Usage) -> bool:
-    """Earlier preemptions may have brought the candidate's queue (or a cohort up to the LCA) back within quota."""
-    w = cand.workload
-    if w.cluster_queue == ctx.node.name:
-        return True
-    if borrow and cand.variant == _Variant.RECLAIM_WITHOUT_BORROWING:
-        return False
+def _reclaimed(ctx: _Context, cand: _Candidate, usage: Usage) -> bool:
+    """Earlier preemptions brought the candidate's queue, or a cohort on the way up to the LCA,
+    back within quota: it lends nothing more. Usage only goes down while victims are taken, so
+    this stays true for every later candidate of the same queue and LCA."""
     tree = ctx.tree
-    cq = tree.cluster_queue(w.cluster_queue)
+    cq = tree.cluster_queue(cand.workload.cluster_queue)
     if tree.within_nominal(cq, ctx.frs, usage):
-        return False
+        return True
     for node in tree.path_to_root(cq)[1:]:
         if node is cand.lca:
             break
         if tree.within_nominal(node, ctx.frs, usage):
-            return False
-    return True
+            return True
+    return False
 
 
 def _classical(ctx: _Context) -> PreemptionResult:
-    def order(cands: list[_Candidate]) -> list[_Candidate]:
-        return sorted(cands, key=lambda c: candidate_order_key(c.workload, ctx.node.name))
-
-    same_queue = (
-        order(_from_queue(ctx, ctx.node, None, False)) if ctx.policy.within_cluster_queue != "Never" else []
-    )
-    hierarchy, by_priority = _hierarchical_candidates(ctx)
-    hierarchy, by_priority = order(hierarchy), order(by_priority)
-    candidates = [c for group in (hierarchy, by_priority, same_queue) for c in group if c.workload.evicted]
-    candidates += [c for group in (hierarchy, by_priority, same_queue) for c in group if not c.workload.evicted]
+    own: list[_Source] = [(ctx.node, None, False)] if ctx.policy.within_cluster_queue != "Never" else []
+    hierarchy_from, by_priority_from = _hierarchical_sources(ctx)
+    groups = (hierarchy_from, by_priority_from, own)
+    hierarchy = any(True for evicted in (True, False) for _ in _merged(ctx, hierarchy_from, evicted))
+    by_priority = any(True for evicted in (True, False) for _ in _merged(ctx, by_priority_from, evicted))
 
     forbidden = not _borrow_within_cohort(ctx.policy)[0]
     under_nominal = all(ctx.usage.node(ctx.node.id).get(fr, 0) < ctx.node.nominal(fr) for fr in ctx.frs)
@@ -359,13 +398,18 @@ def _classical(ctx: _Context) -> PreemptionResult:
     else:
         attempts = [True, False]
 
+    own_name = ctx.node.name
     for borrow in attempts:
         usage = ctx.usage
         targets: list[Victim] = []
-        for cand in candidates:
-            if not _still_valid(ctx, cand, borrow, usage):
-                continue
+        reclaimed: set[tuple[str, int]] = set()  # (queue, LCA id) of sources that lend nothing more
+        # evicted ones first, then per group (hierarchical advantage, priority, own queue) in Kueue's order
+        for cand in chain.from_iterable(_merged(ctx, g, evicted, borrow, reclaimed) for evicted in (True, False) for g in groups):
             w = cand.workload
+            if w.cluster_queue != own_name and _reclaimed(ctx, cand, usage):
+                assert cand.lca is not None
+                reclaimed.add((w.cluster_queue, cand.lca.id))
+                continue
             usage = usage.release(w.cluster_queue, w.usage)
             targets.append(Victim(w, cand.variant.reason))
             if ctx.fits(usage, borrow):
@@ -382,7 +426,7 @@ def _fair_candidates(ctx: _Context) -> list[AdmittedWorkload]:
     if ctx.policy.within_cluster_queue != "Never":
         out += [
             w
-            for w in ctx.by_cq.get(ctx.node.name, ())
+            for w in ctx.pool.by_cq.get(ctx.node.name, ())
             if _satisfies_policy(ctx.policy.within_cluster_queue, pre, w) and _uses(w, ctx.frs)
         ]
     if ctx.node.parent is not None and ctx.policy.reclaim_within_cohort != "Never":
@@ -391,7 +435,7 @@ def _fair_candidates(ctx: _Context) -> list[AdmittedWorkload]:
                 continue
             out += [
                 w
-                for w in ctx.by_cq.get(other.name, ())
+                for w in ctx.pool.by_cq.get(other.name, ())
                 if _satisfies_policy(ctx.policy.reclaim_within_cohort, pre, w) and _uses(w, ctx.frs)
             ]
     return sorted(out, key=lambda w: candidate_order_key(w, ctx.node.name))
@@ -463,6 +507,17 @@ class VictimPool:
         self.by_cq: dict[str, list[AdmittedWorkload]] = {}
         for w in self.workloads:
             self.by_cq.setdefault(w.cluster_queue, []).append(w)
+        self._ordered: dict[tuple[str, bool], tuple[list[AdmittedWorkload], list[int]]] = {}
+
+    def ordered(self, cluster_queue: str, evicted: bool) -> tuple[list[AdmittedWorkload], list[int]]:
+        """The queue's evicted (or other) workloads in Kueue's candidate order within one queue, and
+        their priorities (ascending), sorted once per pool: a search reads only the few it takes."""
+        key = (cluster_queue, evicted)
+        found = self._ordered.get(key)
+        if found is None:
+            ws = sorted((w for w in self.by_cq.get(cluster_queue, ()) if w.evicted == evicted), key=_queue_order)
+            found = self._ordered[key] = (ws, [w.priority for w in ws])
+        return found
 
     def __iter__(self) -> Iterator[AdmittedWorkload]:
         return iter(self.workloads)
@@ -495,8 +550,8 @@ def find_victims(
         )
     else:
         frs = frozenset(needs_preemption)
-    by_cq = (admitted if isinstance(admitted, VictimPool) else VictimPool(admitted)).by_cq
-    ctx = _Context(tree, usage, preemptor, node, node.cluster_queue.spec.preemption, frs, by_cq)
+    pool = admitted if isinstance(admitted, VictimPool) else VictimPool(admitted)
+    ctx = _Context(tree, usage, preemptor, node, node.cluster_queue.spec.preemption, frs, pool)
     if isinstance(fair_sharing, bool):
         enabled, strategies = fair_sharing, None
     else:

@@ -78,7 +78,7 @@ from typing import NamedTuple
 from quotas.api import ResourceFlavor, Topology
 from quotas.fair_sharing import TournamentEntry, tournament_winner
 from quotas.flavors import Assignment, AssignmentMode, PodSetRequest, assign_flavors
-from quotas.preemption import AdmittedWorkload, Preemptor, Victim, find_victims, preemption_oracle
+from quotas.preemption import AdmittedWorkload, Preemptor, Victim, VictimPool, find_victims, preemption_oracle
 from quotas.units import FlavorResource
 from quotas.usage import Usage
 from scheduler.affinity import NodeConstraints
@@ -176,7 +176,7 @@ class _NominationMemo:
         self.candidate_ids: tuple[int, ...] = ()
         self._keep: list[AdmittedWorkload] = []
         self.entries: dict[tuple[object, ...], _Entry] = {}
-        self.candidates: dict[tuple[object, ...], list[AdmittedWorkload]] = {}
+        self.candidates: dict[tuple[object, ...], VictimPool] = {}
         self.reasons: dict[tuple[int, str, int], tuple[Assignment, Usage, str]] = {}
 
     def check(self, env: tuple[object, ...], candidates: Iterable[AdmittedWorkload]) -> None:
@@ -635,14 +635,14 @@ class _Cycle:
             memo.entries[mkey] = entry.rebound(entry.pending, entry.tas_commits)
         return entry
 
-    def _candidates_for(self, cq: str, priority: int, queued_at: float) -> list[AdmittedWorkload]:
+    def _candidates_for(self, cq: str, priority: int, queued_at: float) -> VictimPool:
         memo = self.memo
         if memo is None or self._memo_usage is None:
-            return self.preemption_candidates(cq, priority, queued_at)
+            return VictimPool(self.preemption_candidates(cq, priority, queued_at))
         ckey = (cq, priority, queued_at if self.queued_at_matters(cq) else None)
         found = memo.candidates.get(ckey)
         if found is None:
-            found = memo.candidates[ckey] = self.preemption_candidates(cq, priority, queued_at)
+            found = memo.candidates[ckey] = VictimPool(self.preemption_candidates(cq, priority, queued_at))
         return found
 
     def _nominate(self, p: Pending, cq: str, usage: Usage) -> _Entry:

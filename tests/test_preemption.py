@@ -211,3 +211,17 @@ def test_preemption_oracle_tells_reclaim_from_preempt() -> None:
     strict = reclaim_tree("LowerPriority")
     oracle = preemption_oracle(strict, usage_of(strict, RECLAIM_STATE), Preemptor("new", "reclaimer", -5, {}), RECLAIM_STATE)
     assert oracle(A100, 3 * G) == ("NoCandidates", 0)
+
+
+def test_a_queue_back_within_quota_stops_lending_but_the_others_still_do() -> None:
+    """Victims are read lazily, queue by queue: once a borrower is back within its quota its other
+    workloads are skipped, and the other borrowers' later workloads are still taken."""
+    tree = QuotaTree([
+        cq("needy", 3, cohort="c", preemption={"reclaimWithinCohort": "Any"}),
+        cq("a", 1, cohort="c"),
+        cq("b", 0, cohort="c"),
+    ])
+    admitted = [wl("a1", "a", 0, 1, 10.0), wl("a2", "a", 0, 1, 9.0), wl("b1", "b", 0, 1, 2.0), wl("b2", "b", 0, 1, 3.0)]
+    # most recent first: a1 brings "a" back to its quota, so a2 is skipped; then b2 and b1
+    assert victims(tree, admitted, Preemptor("new", "needy", 0, {A100: 3 * G})) == [
+        ("a1", "InCohortReclamation"), ("b2", "InCohortReclamation"), ("b1", "InCohortReclamation")]

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from quotas.api import ClusterQueue, Cohort
-from quotas.preemption import AdmittedWorkload, PreemptionReason, Preemptor, find_victims, workload_fits
+from quotas.preemption import AdmittedWorkload, PreemptionReason, Preemptor, candidate_order_key, find_victims, workload_fits
 from quotas.tree import QuotaTree
 from quotas.units import FlavorResource
 from quotas.usage import Usage
@@ -192,13 +192,13 @@ def test_admissions_never_exceed_quota_and_release_returns_to_zero(layout: Layou
 
 
 @st.composite
-def preemption_cases(draw: st.DrawFn) -> tuple[Layout, list[AdmittedWorkload], Preemptor]:
+def preemption_cases(draw: st.DrawFn, most: int = 20) -> tuple[Layout, list[AdmittedWorkload], Preemptor]:
     layout = draw(layouts())
     tree = layout.tree()
     names = tree.cluster_queue_names
     usage = tree.empty_usage()
     admitted: list[AdmittedWorkload] = []
-    for i in range(draw(st.integers(4, 20))):
+    for i in range(draw(st.integers(4, most))):
         cq = draw(st.sampled_from(names))
         frs = draw(st.sampled_from([FRS[:1], FRS[1:], FRS]))
         request = {fr: draw(st.integers(1, 2)) * U for fr in frs}
@@ -257,3 +257,145 @@ def test_victim_sets_are_sufficient_and_minimal(case: tuple[Layout, list[Admitte
         elif v.reason == PreemptionReason.IN_COHORT_RECLAIM_WHILE_BORROWING:
             assert spec.borrow_within_cohort is not None and spec.borrow_within_cohort.policy == "LowerPriority"
             assert v.workload.priority < preemptor.priority
+
+
+def eager_classical(tree: QuotaTree, usage: Usage, pre: Preemptor, admitted: list[AdmittedWorkload]) -> list[tuple[str, str]]:
+    """Kueue's classical search written plainly, as a reference for the lazy one: classify every
+    admitted workload, sort each group, then take candidates in order while they are still valid."""
+    node = tree.cluster_queue(pre.cluster_queue)
+    spec = node.cluster_queue.spec.preemption  # type: ignore[union-attr]
+    frs = {fr for fr, v in pre.request.items() if v > 0 and v > tree.available(node, fr, usage)}
+    if not frs:
+        return []
+    bwc = spec.borrow_within_cohort
+    allowed = bwc is not None and bwc.policy != "Never"
+    threshold = bwc.max_priority_threshold if allowed and bwc is not None else None
+
+    def satisfies(policy: str, w: AdmittedWorkload) -> bool:
+        if policy == "LowerPriority":
+            return w.priority < pre.priority
+        if policy == "LowerOrNewerEqualPriority":
+            return w.priority < pre.priority or (w.priority == pre.priority and pre.queued_at < w.queued_at)
+        return policy == "Any"
+
+    def classify(w: AdmittedWorkload, advantage: bool) -> str | None:
+        """None, or the variant: "own", "advantage", "without" (borrowing) or "while" (borrowing)."""
+        same = w.cluster_queue == node.name
+        if not (w.frs & frs) or not satisfies(spec.within_cluster_queue if same else spec.reclaim_within_cohort, w):
+            return None
+        if same:
+            return "own"
+        if advantage:
+            return "advantage"
+        if not allowed or w.priority >= pre.priority or (threshold is not None and w.priority > threshold):
+            return "without"
+        return "while"
+
+    def collect(current: Any, lca: Any, skip: Any, advantage: bool, out: list[tuple[AdmittedWorkload, Any, str]]) -> None:
+        for child in tree.children(current):
+            if not child.is_cluster_queue and child is not skip and not tree.within_nominal(child, frs, usage):
+                collect(child, lca, skip, advantage, out)
+        for child in tree.children(current):
+            if child.is_cluster_queue and child is not node and not tree.within_nominal(child, frs, usage):
+                for w in admitted:
+                    if w.cluster_queue == child.name and (v := classify(w, advantage)) is not None:
+                        out.append((w, lca, v))
+
+    own = [(w, None, "own") for w in admitted if w.cluster_queue == node.name and spec.within_cluster_queue != "Never"
+           and classify(w, False) == "own"]
+    hierarchy: list[tuple[AdmittedWorkload, Any, str]] = []
+    by_priority: list[tuple[AdmittedWorkload, Any, str]] = []
+    if node.parent is not None and spec.reclaim_within_cohort != "Never":
+        advantage, remaining = tree.fits_in_quota(node, pre.request, usage)
+        previous = None
+        for ancestor in tree.path_to_root(node)[1:]:
+            collect(ancestor, ancestor, previous, advantage, hierarchy if advantage else by_priority)
+            fits, remaining = tree.fits_in_quota(ancestor, remaining, usage)
+            advantage = advantage or fits
+            previous = ancestor
+    groups = [sorted(g, key=lambda c: candidate_order_key(c[0], node.name)) for g in (hierarchy, by_priority, own)]
+    ordered = [c for g in groups for c in g if c[0].evicted] + [c for g in groups for c in g if not c[0].evicted]
+    under = all(usage.node(node.id).get(fr, 0) < node.nominal(fr) for fr in frs)
+    if (not hierarchy and not by_priority) or (not allowed and not under):
+        attempts = [True]
+    elif not allowed and not hierarchy:
+        attempts = [False, True]
+    else:
+        attempts = [True, False]
+    reasons = {"own": "InClusterQueue", "advantage": "InCohortReclamation", "without": "InCohortReclamation",
+               "while": "InCohortReclaimWhileBorrowing"}
+    for borrow in attempts:
+        now = usage
+        taken: list[tuple[AdmittedWorkload, str]] = []
+        for w, lca, variant in ordered:
+            if variant != "own":
+                if borrow and variant == "without":
+                    continue
+                cq = tree.cluster_queue(w.cluster_queue)
+                path = [cq] + [n for n in tree.path_to_root(cq)[1:]]
+                upto = path[: path.index(lca)] if lca in path else path
+                if any(tree.within_nominal(n, frs, now) for n in upto):
+                    continue
+            now = now.release(w.cluster_queue, w.usage)
+            taken.append((w, reasons[variant]))
+            if workload_fits(tree, now, pre.cluster_queue, pre.request, borrow):
+                for i in range(len(taken) - 2, -1, -1):  # fill back
+                    trial = now.admit(taken[i][0].cluster_queue, taken[i][0].usage)
+                    if workload_fits(tree, trial, pre.cluster_queue, pre.request, borrow):
+                        now = trial
+                        del taken[i]
+                return [(w.key, r) for w, r in taken]
+    return []
+
+
+@st.composite
+def borrowing_cases(draw: st.DrawFn) -> tuple[QuotaTree, list[AdmittedWorkload], Preemptor]:
+    """Queues in a cohort tree (root, optionally two sub-cohorts) filled past their nominal quotas
+    by borrowing, and a preemptor short of quota: reclaiming from borrowers is the usual case."""
+    nested = draw(st.booleans())
+    cohorts = [Cohort.model_validate({"metadata": {"name": "root"}})]
+    if nested:
+        cohorts += [Cohort.model_validate({"metadata": {"name": f"c{i}"}, "spec": {"parentName": "root"}}) for i in range(2)]
+    queues = []
+    for i in range(draw(st.integers(2, 5))):
+        cohort = draw(st.sampled_from(["root", "c0", "c1"] if nested else ["root"]))
+        quotas = {fr: (draw(st.integers(0, 5)), draw(st.one_of(st.none(), st.none(), st.integers(0, 4))), None) for fr in FRS}
+        policy = draw(POLICIES)
+        if policy["reclaimWithinCohort"] == "Never":
+            policy["reclaimWithinCohort"] = "Any"
+        queues.append(ClusterQueue.model_validate({"metadata": {"name": f"q{i}"}, "spec": {
+            "cohort": cohort, "resourceGroups": _groups(quotas), "preemption": policy}}))
+    tree = QuotaTree(queues, cohorts)
+    names = tree.cluster_queue_names
+    usage = tree.empty_usage()
+    admitted: list[AdmittedWorkload] = []
+    for i in range(draw(st.integers(6, 40))):
+        cq = draw(st.sampled_from(names))
+        request = {fr: draw(st.sampled_from([1, 1, 1, 2])) * U for fr in draw(st.sampled_from([FRS[:1], FRS[:1], FRS]))}
+        if tree.fits(cq, request, usage).fits:
+            usage = usage.admit(cq, request)
+            admitted.append(AdmittedWorkload(f"w{i}", cq, draw(st.integers(0, 4)), float(i), request,
+                                             evicted=draw(st.integers(0, 5)) == 0, queued_at=float(draw(st.integers(0, 20)))))
+    cq = draw(st.sampled_from(names))
+    available = tree.available(cq, FRS[0], usage)
+    request = {FRS[0]: available + draw(st.integers(1, 6)) * U}
+    if draw(st.booleans()):
+        request[FRS[1]] = draw(st.integers(0, 2)) * U
+    return tree, admitted, Preemptor("new", cq, draw(st.integers(0, 5)), request, queued_at=float(draw(st.integers(0, 20))))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=st.one_of(preemption_cases(most=40).map(lambda c: (c[0].tree(), c[1], c[2])), borrowing_cases()))
+def test_classical_search_takes_what_a_plain_scan_of_every_candidate_takes(
+    case: tuple[QuotaTree, list[AdmittedWorkload], Preemptor]
+) -> None:
+    """The search reads each queue's candidates lazily, cut at the priority its policy allows and
+    dropped once the queue lends nothing more: the victims are those of the plain algorithm."""
+    tree, admitted, preemptor = case
+    usage = Usage.of_admitted(tree, ((w.cluster_queue, w.usage) for w in admitted))
+    result = find_victims(tree, usage, preemptor, admitted)
+    got = [(v.workload.key, str(v.reason)) for v in result.victims]
+    assert got == eager_classical(tree, usage, preemptor, admitted)
+    event(f"victims: {min(len(got), 3)}")
+    for _, reason in got:
+        event(f"reason {reason}")
