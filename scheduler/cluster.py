@@ -317,9 +317,8 @@ class NodeInfo:
         """A copy sharing every field with this node.
 
         ``used`` and ``devices`` are never changed in place (`Cluster` replaces them on every
-        bind and unbind), so a copy may share them until either side binds: each scheduling
-        cycle copies the whole cluster a few times, and binds touch only a few nodes. Built
-        without ``__init__`` for the same reason."""
+        bind and unbind), so a copy may share them until either side binds. Built without
+        ``__init__``: a cluster copies a node the first time it changes one it shares."""
         other = object.__new__(NodeInfo)
         other.__dict__.update(self.__dict__)
         return other
@@ -350,11 +349,18 @@ class Cluster:
     Mutations go through `bind`, `unbind` and `cordon` so that `state_id` and the
     caches stay right. `copy()` gives an independent cluster; `what_if()` rolls back
     everything done inside it, which is cheaper when only a few pods are tried.
+
+    Copies share `NodeInfo` objects until one side changes a node: that side then replaces the
+    node with its own copy (copy-on-write; a scheduling cycle copies the whole cluster several
+    times and binds on a few nodes). So keep node *names* across binds, not `NodeInfo` objects:
+    the object in `nodes` may be another one after a bind.
     """
 
     def __init__(self, nodes: Iterable[NodeInfo] = (), accelerators: Iterable[str] = DEFAULT_ACCELERATORS) -> None:
         self.accelerators: frozenset[str] = frozenset(accelerators)
         self.nodes: dict[str, NodeInfo] = {}
+        self._own: set[str] = set()
+        """Nodes whose `NodeInfo` no copy shares: changed in place (the others are copied first)."""
         self._state_ids: dict[tuple[Any, ...], int] = {}
         self._fit_memo: dict[tuple[Any, int], int] = {}
         """`fit_count` by (pod, state id); shared with copies, as the state ids are."""
@@ -428,6 +434,7 @@ class Cluster:
         if node.index >= len(self._state_array):
             self._state_array = np.concatenate([self._state_array, np.zeros(len(self._state_array), dtype=np.int64)])
         self.nodes[node.name] = node
+        self._own.add(node.name)
         self._restate(node)
         self.cache.clear()
         self.shared = {}
@@ -510,7 +517,7 @@ class Cluster:
             for resource, idx, amount in devices:
                 if node.devices[resource][idx] < amount:
                     raise ValueError(f"device {resource}[{idx}] on {node_name} has less than {amount}m free")
-        self._apply(node, pod, devices, +1)
+        self._apply(self._writable(node_name), pod, devices, +1)
         binding = Binding(node_name, pod, devices)
         if self._journals:
             self._journals[-1].append(("bind", binding))
@@ -518,8 +525,7 @@ class Cluster:
 
     def unbind(self, binding: Binding) -> None:
         """Release what ``binding`` took (exactly those devices)."""
-        node = self.nodes[binding.node]
-        self._apply(node, binding.pod, binding.devices, -1)
+        self._apply(self._writable(binding.node), binding.pod, binding.devices, -1)
         self.releases += 1
         if self._journals:
             self._journals[-1].append(("unbind", binding))
@@ -530,7 +536,7 @@ class Cluster:
         if node.unschedulable != unschedulable:
             if self._journals:
                 self._journals[-1].append(("cordon", (name, node.unschedulable)))
-            node.unschedulable = unschedulable
+            self._writable(name).unschedulable = unschedulable
             self.cache.clear()
             self.shared = {}
             self.releases += 1
@@ -563,10 +569,13 @@ class Cluster:
                     self._journals = saved
 
     def copy(self) -> Cluster:
-        """An independent cluster in the same state (static node data and state ids are shared)."""
+        """An independent cluster in the same state (node objects, until either side changes one,
+        and state ids are shared)."""
         other = Cluster.__new__(Cluster)
         other.accelerators = self.accelerators
-        other.nodes = {name: node.copy() for name, node in self.nodes.items()}
+        other.nodes = dict(self.nodes)
+        other._own = set()
+        self._own = set()
         other._state_array = self._state_array.copy()
         other._state_ids = self._state_ids
         other._fit_memo = self._fit_memo
@@ -578,6 +587,14 @@ class Cluster:
         return other
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _writable(self, name: str) -> NodeInfo:
+        """The node, made this cluster's own first if a copy shares it."""
+        if name in self._own:
+            return self.nodes[name]
+        node = self.nodes[name] = self.nodes[name].copy()
+        self._own.add(name)
+        return node
 
     def _apply(self, node: NodeInfo, pod: PodRequest, devices: tuple[tuple[str, int, int], ...], sign: int) -> None:
         # new ``used`` and device lists, never changed in place: copies of the node share them

@@ -137,7 +137,9 @@ Entry = tuple[float | None, "Mapping[str, int] | str | None"]
 
 
 class NodeGroup:
-    """Candidate nodes sharing a scorer's static key, with their positions for vectorised lookups."""
+    """Candidate nodes sharing a scorer's static key, with their positions for vectorised lookups.
+    Its `NodeInfo` objects give static facts only (name, index, labels): the cluster may have
+    replaced them since (see `Cluster`), so their state is read from ``cluster.nodes``."""
 
     __slots__ = ("index", "nodes", "static")
 
@@ -229,9 +231,10 @@ class Scorer:
         if stale.size:
             table = self.table(cluster, pod, group.static)
             members = group.nodes
+            nodes = cluster.nodes
             scores = view.scores
             for j in stale.tolist():
-                score = self.entry(table, members[j], pod)[0]
+                score = self.entry(table, nodes[members[j].name], pod)[0]
                 scores[j] = -np.inf if score is None else score
             view.sids[stale] = current[stale]
         return view.scores
@@ -386,7 +389,7 @@ def select_node(
     pick = 0 if total == 1 else rng.randrange(total)
     for group, positions in tied:
         if pick < len(positions):
-            node = group.nodes[int(positions[pick])]
+            node = cluster.nodes[group.nodes[int(positions[pick])].name]
             table = scorer.table(cluster, pod, group.static)
             prefer = scorer.entry(table, node, pod)[1]
             return node, prefer if not isinstance(prefer, str) else None
@@ -401,7 +404,8 @@ def _candidates_key(constraints: NodeConstraints, flavor: ResourceFlavor | None,
 def candidate_nodes(
     cluster: Cluster, constraints: NodeConstraints, flavor: ResourceFlavor | None = None, nodes: Iterable[str] | None = None
 ) -> list[NodeInfo]:
-    """The nodes (of ``nodes``, default all) that pass the static filters, cached on the cluster."""
+    """The nodes (of ``nodes``, default all) that pass the static filters, cached on the cluster (for
+    their static facts: see `NodeGroup`)."""
     key = _candidates_key(constraints, flavor, nodes)
     cached = cluster.cache.get(key)
     if cached is None:
@@ -445,7 +449,8 @@ def _unplaceable_reason(
         reasons[why] += 1
     for group in groups:
         table = scorer.table(cluster, pod, group.static)
-        for node in group.nodes:
+        for member in group.nodes:
+            node = cluster.nodes[member.name]
             entry = scorer.entry(table, node, pod)
             if entry[0] is None:
                 reasons[str(entry[1])] += 1

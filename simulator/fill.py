@@ -559,6 +559,21 @@ of 8, 16 and 32 gain 0.20, 0.30 and 0.25 points over fgd at 130%; a whole 64-arr
 loses 0.26)."""
 
 
+class _LiveNodes(Sequence[NodeInfo]):
+    """Nodes by position, looked up in the cluster's mapping on every read: a cluster replaces a
+    node's object when it first changes a node it shares with a copy (see `Cluster`)."""
+
+    def __init__(self, by_name: Mapping[str, NodeInfo], names: Sequence[str]) -> None:
+        self._by_name = by_name
+        self._names = list(names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __getitem__(self, i: int) -> NodeInfo:  # type: ignore[override]
+        return self._by_name[self._names[i]]
+
+
 class _NodeArrays:
     """What filtering needs of every node, as numpy vectors in the run's node order.
 
@@ -572,7 +587,7 @@ class _NodeArrays:
 
     def __init__(self, nodes: Sequence[NodeInfo], accelerators: Iterable[str],
                  static_key: Callable[[NodeInfo], Hashable]) -> None:
-        self.nodes = list(nodes)
+        self.nodes = nodes if isinstance(nodes, _LiveNodes) else list(nodes)
         self.position = {n.name: i for i, n in enumerate(self.nodes)}
         n = len(self.nodes)
         self.free: dict[str, np.ndarray] = {}
@@ -759,8 +774,8 @@ class FillRun:
     @property
     def arrays(self) -> _NodeArrays:
         if self._arrays is None:
-            nodes = sorted(self.cluster, key=lambda n: self.node_rank[n.name])
-            self._arrays = _NodeArrays(nodes, self.cluster.accelerators, self.scorer.static_key)
+            names = sorted(self.cluster.nodes, key=self.node_rank.__getitem__)
+            self._arrays = _NodeArrays(_LiveNodes(self.cluster.nodes, names), self.cluster.accelerators, self.scorer.static_key)
         return self._arrays
 
     def _pool(self, constraints: NodeConstraints) -> np.ndarray:

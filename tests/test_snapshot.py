@@ -10,6 +10,7 @@ from quotas.api import ResourceFlavor, Workload, WorkloadPriorityClass
 from quotas.kube import Job, Node, Toleration
 from scheduler.affinity import NodeConstraints, parse_required_terms
 from scheduler.cluster import GPU_RESOURCE, Cluster, PodRequest, device_shape
+from scheduler.placement import bin_packing, place_podset
 from scheduler.flavors import (
     feasible_nodes,
     flavor_nodes,
@@ -295,6 +296,36 @@ def test_copies_share_node_state_until_either_side_binds() -> None:
     assert cluster.node("b").used.get(GPU_RESOURCE, 0) == 0 and cluster.node("b").devices[GPU_RESOURCE] == [1000, 1000]
     other.unbind(binding)
     assert other.node("b").state_key() == cluster.node("b").state_key()
+
+
+def test_copies_share_node_objects_until_a_side_changes_a_node() -> None:
+    cluster = cluster_of(node_manifest("a", gpus=2), node_manifest("b", gpus=2), node_manifest("c", gpus=2))
+    other = cluster.copy()
+    assert all(other.nodes[n] is cluster.nodes[n] for n in cluster.nodes)  # a copy costs a mapping
+    other.bind("a", gpu_pod(1000))
+    assert other.nodes["a"] is not cluster.nodes["a"] and other.nodes["b"] is cluster.nodes["b"]
+    cluster.cordon("b")  # the original, too, copies a node it shares before changing it
+    assert cluster.node("b").unschedulable and not other.node("b").unschedulable
+    with other.what_if():
+        other.bind("c", gpu_pod(2000))
+        assert cluster.node("c").devices[GPU_RESOURCE] == [1000, 1000]
+    assert other.node("c").state_key() == cluster.node("c").state_key()
+    third = other.copy()  # a copy of a copy: every side keeps its own state
+    third.bind("a", gpu_pod(1000))
+    assert [c.node("a").used.get(GPU_RESOURCE, 0) for c in (cluster, other, third)] == [0, 1000, 2000]
+
+
+def test_placement_reads_the_current_node_after_the_cluster_replaced_it() -> None:
+    """Placement caches its candidate nodes on the cluster; a bind after a copy replaces the node
+    object, and the next placement must see the node's new state, not the cached object's."""
+    cluster = cluster_of(node_manifest("a", gpus=4), node_manifest("b", gpus=4))
+    cluster.bind("a", gpu_pod(1000))  # most-allocated placement prefers a
+    assert place_podset(cluster, gpu_pod(1000), count=1, scorer=bin_packing()).nodes == ["a"]
+    cluster.copy()  # from now on the next change to a node replaces its object
+    assert place_podset(cluster, gpu_pod(1000), count=2, scorer=bin_packing()).nodes == ["a", "a"]
+    # a is full now; the object cached by the first placement still says two GPUs are free
+    assert place_podset(cluster, gpu_pod(1000), count=1, scorer=bin_packing()).nodes == ["b"]
+    assert cluster.node("a").devices[GPU_RESOURCE] == [0, 0, 0, 0]
 
 
 def test_fit_memo_follows_the_state_of_each_copy() -> None:
