@@ -124,14 +124,19 @@ class _StateIndex:
 
     def __init__(self, names: Iterable[str], cluster: Cluster) -> None:
         self.by_state: dict[int, set[str]] = {}
-        self.state_of: dict[str, int] = {}
         self.ranked: dict[tuple[object, ...], tuple[list[tuple[float, int]], set[int]]] = {}
         """Per pod shape: the states it fits, best score first (a valid heap), and every state already
         looked at. A state's fit and score never change, so each is evaluated once per placer."""
-        for n in names:
-            sid = cluster.nodes[n].state_id
-            self.by_state.setdefault(sid, set()).add(n)
-            self.state_of[n] = sid
+        nodes = cluster.nodes
+        self.state_of: dict[str, int] = {n: nodes[n].state_id for n in names}
+        state_of = self.state_of
+        by_state = self.by_state
+        for n, sid in state_of.items():
+            members = by_state.get(sid)
+            if members is None:
+                by_state[sid] = {n}
+            else:
+                members.add(n)
 
     def update(self, name: str, sid: int) -> None:
         old = self.state_of[name]
@@ -175,7 +180,6 @@ class Placer:
         self._scores: dict[tuple[object, int], float] = {}
         self._totals: dict[tuple[object, ...], int] = {}
         self._indexes: dict[tuple[object, ...], _StateIndex] = {}
-        self._node_index: dict[str, list[_StateIndex]] = {}
         self._graphs: dict[tuple[object, ...], TopologyGraph] = {}
         self._failures: dict[tuple[object, ...], str] = {}  # per epoch: nothing was bound since
 
@@ -207,18 +211,16 @@ class Placer:
         idx = self._indexes.get(key)
         if idx is None:
             idx = self._indexes[key] = _StateIndex(self.allowed_nodes(opt, excluded), self.cluster)
-            for n in idx.state_of:
-                self._node_index.setdefault(n, []).append(idx)
         return idx
 
     def touch(self, names: Iterable[str]) -> None:
         """Tell the state indexes that these nodes may have changed (after binds and unbinds)."""
         nodes = self.cluster.nodes
+        indexes = self._indexes.values()
         for n in set(names):
-            indexes = self._node_index.get(n)
-            if indexes:
-                sid = nodes[n].state_id
-                for idx in indexes:
+            sid = nodes[n].state_id
+            for idx in indexes:
+                if n in idx.state_of:
                     idx.update(n, sid)
 
     def fit_total(self, pod: PodRequest, opt: PodSetOption, excluded: frozenset[str]) -> int:
