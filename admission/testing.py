@@ -199,7 +199,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
         if wanted_rv is not None and str(wanted_rv) != current["metadata"]["resourceVersion"]:
             return _status(409, "Conflict", f'Operation cannot be fulfilled on namespaces "{name}": the object has '
                                             "been modified; please apply your changes to the latest version and try again")
-        merged = _merge_patch(current, patch)
+        merged = merge_patch(current, patch)
         merged["metadata"]["name"] = name
         return aiohttp.web.json_response(self._namespace_event("MODIFIED", merged))
 
@@ -313,7 +313,7 @@ def _status(code: int, reason: str, message: str) -> Any:
                                       "message": message, "code": code}, status=code)
 
 
-def _merge_patch(target: Any, patch: Any) -> Any:
+def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch of `target` (not changed) by `patch`: null removes a key."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
@@ -322,7 +322,7 @@ def _merge_patch(target: Any, patch: Any) -> Any:
         if value is None:
             out.pop(key, None)
         else:
-            out[key] = _merge_patch(out.get(key), value)
+            out[key] = merge_patch(out.get(key), value)
     return out
 
 

@@ -46,6 +46,7 @@ from admission.testing import (
     job,
     jobset,
     local_queue,
+    merge_patch,
     node,
     pod,
     pod_template,
@@ -73,19 +74,6 @@ def with_meta(obj: dict[str, Any], rv: str = "1", uid: str = "uid-1", created: s
     obj = copy.deepcopy(obj)
     obj["metadata"].update({"resourceVersion": rv, "uid": uid, "creationTimestamp": created})
     return obj
-
-
-def merge_patch(obj: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(obj) if isinstance(obj, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key, {}), value)
-    return out
 
 
 def placement(name: str, count: int, domain: tuple[str, ...] | None = None) -> PodSetPlacement:

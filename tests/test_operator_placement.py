@@ -42,6 +42,7 @@ from admission.testing import (
     job,
     jobset,
     local_queue,
+    merge_patch,
     node,
     priority_class,
     pytorchjob,
@@ -59,19 +60,6 @@ TOL = {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}
 A100 = ResourceFlavor.model_validate(flavor("a100", {"gpu.product": "A100"}, tolerations=[TOL]))
 FLAVORS = {"a100": A100}
 SELECTOR = {"gpu.product": "A100"}
-
-
-def merge_patch(obj: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(obj) if isinstance(obj, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key, {}), value)
-    return out
 
 
 def with_meta(obj: dict[str, Any], rv: str = "1", uid: str = "uid-1") -> dict[str, Any]:

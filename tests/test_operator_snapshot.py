@@ -37,7 +37,7 @@ from admission.snapshot import (
     parse_tessera,
 )
 from admission.state import ClusterState, key_of, pod_is_live
-from admission.testing import GPU, cluster_queue, flavor, job, local_queue, namespace, node, pod, priority_class
+from admission.testing import GPU, cluster_queue, flavor, job, local_queue, merge_patch, namespace, node, pod, priority_class
 from scheduler.cluster import Binding, Cluster, PodRequest
 from scheduler.snapshot import Admitted, Pending, build_snapshot
 from scheduler.workload import parse_timestamp, resolve_priority
@@ -663,21 +663,9 @@ class JobApi:
         assert resource.plural == "jobs", resource
         self.patches.append((name, body))
         current = copy.deepcopy(self.world.state.get("jobs", namespace or "", name))
-        merged = _merge(current, body)
+        merged = merge_patch(current, body)
         merged["metadata"]["resourceVersion"] = self.world.next_rv()
         return merged
-
-
-def _merge(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict) or not isinstance(target, dict):
-        return copy.deepcopy(patch)
-    out = dict(target)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = _merge(out.get(k), v)
-    return out
 
 
 @pytest.mark.asyncio
