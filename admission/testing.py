@@ -33,8 +33,9 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp.web
@@ -608,6 +609,44 @@ async def until(probe: Callable[[], Awaitable[T]], timeout: float = 10.0, what: 
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+# --- an operator under test ----------------------------------------------------------------------
+
+
+def operator_config(cluster: EmulatedCluster, **overrides: Any) -> Any:
+    """An `admission.operator.OperatorConfig` against ``cluster``: no metrics, health or webhook port,
+    no leader election, the kueue policy, a cycle every half second (each can be overridden)."""
+    import kopf
+
+    from admission.operator import OperatorConfig
+
+    values: dict[str, Any] = dict(metrics_port=0, health_port=0, webhook_port=0, leader_election=False,
+                                  policy="kueue", period=0.5, bind_address="127.0.0.1",
+                                  login=lambda: kopf.ConnectionInfo(server=cluster.url))
+    values.update(overrides)
+    return OperatorConfig(**values)
+
+
+@asynccontextmanager
+async def running_operator(cluster: EmulatedCluster, **overrides: Any) -> AsyncIterator[Any]:
+    """The operator of `operator_config` running for the block, once ready (what stops it early is raised)."""
+    from admission.operator import Operator
+
+    operator = Operator(operator_config(cluster, **overrides))
+    task = asyncio.create_task(operator.run())
+
+    async def ready() -> bool:
+        if task.done():
+            task.result()
+        return bool(operator.ready()[0])
+
+    try:
+        await until(ready, what="operator ready")
+        yield operator
+    finally:
+        operator.stop.set()
+        await asyncio.wait_for(task, timeout=20)
 
 
 def condition(workload: Mapping[str, Any] | None, kind: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import json
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +25,7 @@ import pytest_asyncio
 from admission.jobs import ORIGINAL_TEMPLATE_ANNOTATION
 from admission.kube import API_CALLS, JOBS, LEASES, NAMESPACES, USER_AGENT, WORKLOADS, KubeApi, Resource
 from admission.leader import LeaderElector, micro_time
-from admission.operator import Operator, OperatorConfig
+from admission.operator import Operator
 from admission.testing import (
     condition,
     until,
@@ -38,7 +37,9 @@ from admission.testing import (
     local_queue,
     namespace,
     node,
+    operator_config,
     priority_class,
+    running_operator,
 )
 from quotas.api import Configuration
 from quotas.ledger import Ledger
@@ -126,32 +127,6 @@ async def user(cluster: EmulatedCluster) -> AsyncIterator[User]:
         yield User(cluster.url, session)
 
 
-def config_for(cluster: EmulatedCluster, **overrides: Any) -> OperatorConfig:
-    values: dict[str, Any] = dict(metrics_port=0, health_port=0, webhook_port=0, leader_election=False,
-                                  policy="kueue", period=0.5, bind_address="127.0.0.1",
-                                  login=lambda: kopf.ConnectionInfo(server=cluster.url))
-    values.update(overrides)
-    return OperatorConfig(**values)
-
-
-@asynccontextmanager
-async def running(cluster: EmulatedCluster, **overrides: Any) -> AsyncIterator[Operator]:
-    operator = Operator(config_for(cluster, **overrides))
-    task = asyncio.create_task(operator.run())
-    try:
-        await until(lambda: _ready(operator, task), what="operator ready")
-        yield operator
-    finally:
-        operator.stop.set()
-        await asyncio.wait_for(task, timeout=20)
-
-
-async def _ready(operator: Operator, task: asyncio.Task[None]) -> bool:
-    if task.done():
-        task.result()  # raise what stopped it
-    return operator.ready()[0]
-
-
 async def setup_queues(user: User, quota: int = 8, preemption: dict[str, Any] | None = None) -> None:
     await user.create(flavor("a100", {"gpu.product": "A100"},
                              tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]))
@@ -187,7 +162,7 @@ async def test_admit_with_flavor_selector_keep_the_next_pending_and_release_on_c
         cluster: EmulatedCluster, user: User, tmp_path: Path) -> None:
     ledger_url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     await setup_queues(user, quota=8)
-    async with running(cluster, ledger_url=ledger_url):
+    async with running_operator(cluster, ledger_url=ledger_url):
         await user.create(job("ns", "first", "lq", gpus=2, parallelism=3, node_selector={"zone": "z1"}))
         first = await until(lambda: _started_job(user, "first"), what="first job started")
         pod = first["spec"]["template"]["spec"]
@@ -240,7 +215,7 @@ async def _pending_message(user: User, name: str, ns: str = "ns") -> str | None:
 async def test_higher_priority_job_preempts_and_the_victim_is_suspended_with_its_template_restored(
         cluster: EmulatedCluster, user: User) -> None:
     await setup_queues(user, quota=8, preemption={"withinClusterQueue": "LowerPriority"})
-    async with running(cluster):
+    async with running_operator(cluster):
         await user.create(job("ns", "low", "lq", gpus=4, parallelism=2, priority="low"))
         await until(lambda: _started_job(user, "low"), what="low-priority job started")
         # The Job controller reports running pods: the victim's quota is held until they are gone.
@@ -285,7 +260,7 @@ async def test_killed_between_workload_update_and_job_patch_neither_loses_nor_do
     await setup_queues(user, quota=4)
     await user.create(job("ns", "a", "lq", gpus=4))
 
-    operator = Operator(config_for(cluster, ledger_url=ledger_url))
+    operator = Operator(operator_config(cluster, ledger_url=ledger_url))
     patch = operator.api.patch
 
     async def dying_patch(resource: Resource, namespace: str | None, name: str, body: Any, **kw: Any) -> Any:
@@ -301,7 +276,7 @@ async def test_killed_between_workload_update_and_job_patch_neither_loses_nor_do
     assert not started(await user.job("a"))  # ... and the Job never started
 
     await user.create(job("ns", "b", "lq", gpus=4))  # would fit only if a's quota were forgotten
-    async with running(cluster, ledger_url=ledger_url):
+    async with running_operator(cluster, ledger_url=ledger_url):
         resumed = await until(lambda: _started_job(user, "a"), what="a started after restart")
         assert resumed["spec"]["template"]["spec"]["nodeSelector"] == {"gpu.product": "A100"}
         await until(lambda: _pending_message(user, "b"), what="b pending")
@@ -328,7 +303,7 @@ async def test_webhooks_metrics_and_health_over_http(cluster: EmulatedCluster, u
     ports = {"webhook_port": free_port(), "metrics_port": free_port(), "health_port": free_port()}
     await setup_queues(user)
     # A session of its own, closed before the operator stops: kopf waits for connections it did not open.
-    async with running(cluster, webhook_insecure=True, **ports), aiohttp.ClientSession() as session:
+    async with running_operator(cluster, webhook_insecure=True, **ports), aiohttp.ClientSession() as session:
         hook = f"http://127.0.0.1:{ports['webhook_port']}"
         queued = job("ns", "j", "lq", suspend=None)
         async with session.post(f"{hook}/mutate-job", json=review("u1", "batch", "v1", "jobs", queued)) as r:
@@ -398,7 +373,7 @@ async def test_only_the_lease_holder_admits_and_a_stale_lease_is_taken_over(
 
     renewing = asyncio.create_task(other_replica_renews())
     try:
-        async with running(cluster, leader_election=True, lease_namespace="tessera-system", identity="me",
+        async with running_operator(cluster, leader_election=True, lease_namespace="tessera-system", identity="me",
                            lease_duration=2.0, renew_deadline=1.5, retry_period=0.1) as operator:
             deadline = time.monotonic() + 1.5
             while time.monotonic() < deadline:  # the holder keeps renewing: we must follow
@@ -445,7 +420,7 @@ async def test_pods_not_ready_in_time_are_evicted_and_requeued_with_backoff(
                                                                 "requeuingStrategy": {"backoffBaseSeconds": 4}}})
     # The backoff is long enough that the first requeue is observed (and the pods made ready)
     # before a second admission can time out again, even on a busy machine.
-    async with running(cluster, configuration=config, period=0.2):
+    async with running_operator(cluster, configuration=config, period=0.2):
         await user.create(job("ns", "slow", "lq", gpus=1))
         await until(lambda: _started_job(user, "slow"), what="admitted")
         evicted = await until(lambda: _requeued(user, "slow"), timeout=10, what="evicted and requeued")
@@ -475,7 +450,7 @@ async def _has_condition(user: User, name: str, kind: str) -> dict[str, Any] | N
 async def test_unsuspended_job_is_held_deleted_job_drops_its_workload_and_others_are_left_alone(
         cluster: EmulatedCluster, user: User) -> None:
     await setup_queues(user, quota=1)
-    async with running(cluster, namespaces=["ns"]):  # namespaced mode: kopf watches namespaces too
+    async with running_operator(cluster, namespaces=["ns"]):  # namespaced mode: kopf watches namespaces too
         await user.create(job("ns", "mine", "lq", gpus=1))
         await until(lambda: _started_job(user, "mine"), what="first admitted")
         await user.create(job("ns", "eager", "lq", gpus=1, suspend=False))  # no webhook ran
@@ -531,7 +506,7 @@ async def test_admission_fair_sharing_admits_the_less_used_local_queue_first(
     await setup_queues(user, quota=8)
     await user.create(local_queue("ns", "lq2", "cq"))
     config = Configuration.model_validate({"admissionFairSharing": {"usageHalfLifeTime": "1h"}})
-    async with running(cluster, configuration=config, policy=policy, period=0.2):
+    async with running_operator(cluster, configuration=config, policy=policy, period=0.2):
         await user.create(job("ns", "heavy", "lq", gpus=8))
         await until(lambda: _started_job(user, "heavy"), what="heavy started")
         await user.create(job("ns", "again", "lq", gpus=8))
@@ -549,7 +524,7 @@ async def test_admission_fair_sharing_admits_the_less_used_local_queue_first(
 async def test_deactivating_an_admitted_workload_evicts_it_and_keeps_it_out_of_the_queue(
         cluster: EmulatedCluster, user: User) -> None:
     await setup_queues(user, quota=8)
-    async with running(cluster, period=0.2):
+    async with running_operator(cluster, period=0.2):
         await user.create(job("ns", "first", "lq", gpus=8))
         await until(lambda: _started_job(user, "first"), what="first started")
         await user.create(job("ns", "second", "lq", gpus=8))
@@ -578,7 +553,7 @@ async def test_a_namespace_selector_admits_by_the_namespaces_labels_and_follows_
     for ns in ("team-a", "team-b"):
         await user.create(local_queue(ns, "lq", "cq"))
     await user.create(node("gpu-node", 8, {"gpu.product": "A100"}))
-    async with running(cluster, policy=policy, period=0.2):
+    async with running_operator(cluster, policy=policy, period=0.2):
         await user.create(job("team-a", "a", "lq", gpus=1))
         await user.create(job("team-b", "b", "lq", gpus=1))
         await until(lambda: _started_job(user, "a", "team-a"), what="the Job in the selected namespace started")

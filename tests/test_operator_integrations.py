@@ -15,7 +15,6 @@ import copy
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -32,7 +31,7 @@ from admission.integrations.base import ORIGINAL_TEMPLATE_ANNOTATION
 from admission.integrations.deployment import ADMITTED_ANNOTATION, GATE, pod_mutation
 from admission.kube import API_CALLS, DEPLOYMENTS, JOBS, JOBSETS, PODS, PYTORCHJOBS, USER_AGENT, WATCHED, WORKLOADS, \
     Resource
-from admission.operator import Operator, OperatorConfig
+from admission.operator import Operator
 from admission.snapshot import build_cycle
 from admission.state import ClusterState
 from admission.testing import (
@@ -53,6 +52,7 @@ from admission.testing import (
     priority_class,
     pytorchjob,
     replica_pod,
+    running_operator,
     topology,
 )
 from admission.webhooks import job_mutation
@@ -480,28 +480,9 @@ async def actor(cluster: EmulatedCluster) -> AsyncIterator[Actor]:
 FRAMEWORKS = ["batch/job", "jobset.x-k8s.io/jobset", "kubeflow.org/pytorchjob", "deployment"]
 
 
-@asynccontextmanager
-async def running(cluster: EmulatedCluster, frameworks: list[str] = FRAMEWORKS, **overrides: Any
-                  ) -> AsyncIterator[Operator]:
+def running(cluster: EmulatedCluster, frameworks: list[str] = FRAMEWORKS, **overrides: Any) -> Any:
     configuration = Configuration.model_validate({"integrations": {"frameworks": frameworks}})
-    values: dict[str, Any] = dict(metrics_port=0, health_port=0, webhook_port=0, leader_election=False,
-                                  policy="kueue", period=0.5, bind_address="127.0.0.1", configuration=configuration,
-                                  login=lambda: kopf.ConnectionInfo(server=cluster.url))
-    values.update(overrides)
-    operator = Operator(OperatorConfig(**values))
-    task = asyncio.create_task(operator.run())
-
-    async def ready() -> bool:
-        if task.done():
-            task.result()
-        return operator.ready()[0]
-
-    try:
-        await until(ready, what="operator ready")
-        yield operator
-    finally:
-        operator.stop.set()
-        await asyncio.wait_for(task, timeout=20)
+    return running_operator(cluster, configuration=configuration, **overrides)
 
 
 async def setup_queues(actor: Actor, quota: int = 8, preemption: dict[str, Any] | None = None) -> None:

@@ -15,7 +15,6 @@ import copy
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
@@ -29,7 +28,6 @@ from admission import integrations as ig
 from admission import placement as pl
 from admission import workloads as wl
 from admission.kube import API_CALLS, JOBS, PODS, USER_AGENT, WATCHED, WORKLOADS, Resource
-from admission.operator import Operator, OperatorConfig
 from admission.snapshot import SnapshotMemo, build_cycle
 from admission.state import ClusterState
 from admission.testing import (
@@ -43,6 +41,7 @@ from admission.testing import (
     jobset,
     local_queue,
     merge_patch,
+    running_operator,
     node,
     priority_class,
     pytorchjob,
@@ -575,26 +574,6 @@ async def user(cluster: EmulatedCluster) -> AsyncIterator[User]:
         yield User(cluster.url, session)
 
 
-@asynccontextmanager
-async def running(cluster: EmulatedCluster, policy: str) -> AsyncIterator[Operator]:
-    operator = Operator(OperatorConfig(metrics_port=0, health_port=0, webhook_port=0, leader_election=False,
-                                       policy=policy, period=0.5, bind_address="127.0.0.1",
-                                       login=lambda: kopf.ConnectionInfo(server=cluster.url)))
-    task = asyncio.create_task(operator.run())
-
-    async def ready() -> bool:
-        if task.done():
-            task.result()
-        return operator.ready()[0]
-
-    try:
-        await until(ready, what="operator ready")
-        yield operator
-    finally:
-        operator.stop.set()
-        await asyncio.wait_for(task, timeout=20)
-
-
 async def setup(user: User, nodes: tuple[str, ...] = ("gpu-1", "gpu-2")) -> None:
     await user.create(FLAVORS_R, flavor("a100", {"gpu.product": "A100"}, tolerations=[TOL]))
     await user.create(CQ_R, cluster_queue("cq", {"a100": 16}, preemption={"withinClusterQueue": "LowerPriority"}))
@@ -636,7 +615,7 @@ async def all_ungated(cluster: EmulatedCluster, job_name: str, n: int) -> list[d
 async def test_tessera_gates_the_job_and_ungates_each_pod_onto_its_planned_node(
         cluster: EmulatedCluster, user: User) -> None:
     await setup(user)
-    async with running(cluster, "tessera"):
+    async with running_operator(cluster, policy="tessera"):
         await user.create(JOBS, job("ns", "train", "lq", gpus=4, parallelism=3, priority="low"))
         train = await until(lambda: started_job(user, "train"), what="train started")
         template = train["spec"]["template"]["spec"]
@@ -692,7 +671,7 @@ async def test_tessera_gates_the_job_and_ungates_each_pod_onto_its_planned_node(
 async def test_a_pod_whose_planned_node_is_gone_is_ungated_with_the_flavor_selector_and_an_event(
         cluster: EmulatedCluster, user: User) -> None:
     await setup(user)
-    async with running(cluster, "tessera"):
+    async with running_operator(cluster, policy="tessera"):
         await user.create(JOBS, job("ns", "train", "lq", gpus=8, parallelism=2))
         train = await until(lambda: started_job(user, "train"), what="train started")
         workload = await user.get(WORKLOADS, "ns", "job-train")
@@ -718,7 +697,7 @@ async def test_a_pod_whose_planned_node_is_gone_is_ungated_with_the_flavor_selec
 async def test_a_later_admission_is_not_planned_onto_room_promised_to_pods_not_created_yet(
         cluster: EmulatedCluster, user: User) -> None:
     await setup(user)
-    async with running(cluster, "tessera"):
+    async with running_operator(cluster, policy="tessera"):
         planned_nodes = []
         for name in ("first", "second"):
             await user.create(JOBS, job("ns", name, "lq", gpus=8))
@@ -731,7 +710,7 @@ async def test_a_later_admission_is_not_planned_onto_room_promised_to_pods_not_c
 @pytest.mark.asyncio
 async def test_kueue_records_no_plan_and_gates_nothing(cluster: EmulatedCluster, user: User) -> None:
     await setup(user)
-    async with running(cluster, "kueue"):
+    async with running_operator(cluster, policy="kueue"):
         await user.create(JOBS, job("ns", "train", "lq", gpus=4, parallelism=3))
         train = await until(lambda: started_job(user, "train"), what="train started")
         assert "schedulingGates" not in train["spec"]["template"]["spec"]

@@ -8,17 +8,14 @@ import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import aiohttp
-import kopf
 import pytest
 import pytest_asyncio
 
 from admission import workloads as wl
 from admission.kube import API_CALLS, CLUSTER_QUEUES, JOBS, LOCAL_QUEUES, USER_AGENT, WATCHED, NotFound, Resource
-from admission.operator import Operator, OperatorConfig
 from admission.queue_status import (
     QueueStatusWriter,
     cluster_queue_statuses,
@@ -28,7 +25,18 @@ from admission.queue_status import (
 )
 from admission.snapshot import build_cycle
 from admission.state import ClusterState
-from admission.testing import condition, until, GPU, EmulatedCluster, cluster_queue, flavor, job, local_queue, node
+from admission.testing import (
+    condition,
+    until,
+    GPU,
+    EmulatedCluster,
+    cluster_queue,
+    flavor,
+    job,
+    local_queue,
+    node,
+    running_operator,
+)
 from quotas.api import ClusterQueue, LocalQueue
 from scheduler.workload import parse_timestamp
 
@@ -355,26 +363,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-@asynccontextmanager
-async def running(cluster: EmulatedCluster) -> AsyncIterator[Operator]:
-    operator = Operator(OperatorConfig(
-        metrics_port=0, health_port=0, webhook_port=0, leader_election=False, policy="kueue", period=0.3,
-        bind_address="127.0.0.1", login=lambda: kopf.ConnectionInfo(server=cluster.url)))
-    task = asyncio.create_task(operator.run())
-
-    async def ready() -> bool:
-        if task.done():
-            task.result()
-        return operator.ready()[0]
-
-    try:
-        await until(ready, what="operator ready")
-        yield operator
-    finally:
-        operator.stop.set()
-        await asyncio.wait_for(task, timeout=20)
-
-
 async def create(session: aiohttp.ClientSession, url: str, resource: Resource, obj: dict[str, Any]) -> None:
     async with session.post(url + resource.path(obj["metadata"].get("namespace")), json=obj) as r:
         assert r.status < 300, await r.text()
@@ -405,7 +393,7 @@ async def test_operator_reports_one_admitted_one_pending_and_the_usage(
     def lq_status(name: str = "lq") -> dict[str, Any]:
         return (cluster.object("tessera.dev/v1alpha1/localqueues", "ns", name) or {}).get("status") or {}
 
-    async with running(cluster):
+    async with running_operator(cluster, period=0.3):
         await create(session, url, JOBS, job("ns", "first", "lq", gpus=4))
         await until(lambda: _async(cq_status().get("admittedWorkloads") == 1), what="first admitted in the status")
         await create(session, url, JOBS, job("ns", "second", "lq", gpus=2))
