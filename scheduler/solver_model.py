@@ -537,7 +537,7 @@ class _Builder:
                     self._podset_vars(ci, pi, ps.count, o, members)
                     opts[opt.index] = o
                 if not single:
-                    self.model.add(sum(o.y for o in opts.values()) == x)
+                    self.model.add(cp_model.LinearExpr.sum([o.y for o in opts.values()]) == x)
                 entry.podsets.append(opts)
             bonus = drs_bonus.get(cand.cluster_queue, 0)
             waited = snapshot.now - cand.queued_at
@@ -588,7 +588,7 @@ class _Builder:
             if cost:
                 self.secondary[v.index] -= cost
             by_domain[_domain_of(cls, opt)].append(var)
-        self.model.add(sum(v.var for v in o.vars) == (o.k if o.k is not None else count * o.y))
+        self.model.add(cp_model.LinearExpr.sum([v.var for v in o.vars]) == (o.k if o.k is not None else count * o.y))
         if opt.level is None:
             return
         if opt.required:
@@ -597,7 +597,7 @@ class _Builder:
                 o.domain_vars[d] = z  # type: ignore[index]
                 for v in vs:
                     self.model.add(v.var <= v.ub * z)
-            self.model.add(sum(o.domain_vars.values()) == o.y)
+            self.model.add(cp_model.LinearExpr.sum(list(o.domain_vars.values())) == o.y)
         elif len(by_domain) > 1:
             for d, vs in sorted(by_domain.items(), key=lambda kv: kv[0] or ()):
                 u = self._new_bool(f"u{ci}_{pi}_{opt.index}_{'/'.join(d or ())}")
@@ -702,7 +702,7 @@ class _Builder:
         if not patterns:
             return False
         mvars = [self._new_int(0, cls.size, f"m{cls.id}_{i}") for i in range(len(patterns))]
-        self.model.add(sum(mvars) <= cls.size)
+        self.model.add(cp_model.LinearExpr.sum(mvars) <= cls.size)
         for j, pod in enumerate(order):
             es = shapes[pod]
             slots = [(m, pat[j]) for m, pat in zip(mvars, patterns) if pat[j]]
@@ -721,7 +721,7 @@ class _Builder:
                 if dv is None:
                     dv = self.domain_open[(tname, key)] = self._new_bool(f"dom{tname}/{'/'.join(key)}")
                     self.secondary[dv.index] -= 4
-                self.model.add(sum(mvars) <= cls.size * dv)
+                self.model.add(cp_model.LinearExpr.sum(mvars) <= cls.size * dv)
         return True
 
     def _open_nodes(self, cls: NodeClass, entries: list[_Var]) -> None:
