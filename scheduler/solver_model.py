@@ -969,8 +969,10 @@ class _Builder:
             for (nid, fr), (up, base_up, unit) in self.quota_up.items():
                 g = tree.nodes[nid].guaranteed.get(fr, 0)
                 values[up.index] = max(base_up, (usage_after.node(nid).get(fr, 0) - g) // unit)  # type: ignore[attr-defined]
-        for i, v in values.items():
-            self.model.add_hint(self.vars[i], v)
+        # in bulk: add_hint costs about 7 us a variable, most of this method's time
+        hint = self.model.proto.solution_hint
+        hint.vars.extend([self.vars[i].index for i in values])
+        hint.values.extend([int(v) for v in values.values()])
 
     # --- solve ---
 
