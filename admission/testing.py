@@ -36,12 +36,15 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp.web
 import attrs
 import kmock
 from kmock._internal import enums
+
+if TYPE_CHECKING:  # loaded inside the helpers: importing this module does not load the operator and kopf
+    from admission.operator import Operator, OperatorConfig
 
 T = TypeVar("T")
 
@@ -614,7 +617,7 @@ async def until(probe: Callable[[], Awaitable[T]], timeout: float = 10.0, what: 
 # --- an operator under test ----------------------------------------------------------------------
 
 
-def operator_config(cluster: EmulatedCluster, **overrides: Any) -> Any:
+def operator_config(cluster: EmulatedCluster, **overrides: Any) -> OperatorConfig:
     """An `admission.operator.OperatorConfig` against ``cluster``: no metrics, health or webhook port,
     no leader election, the kueue policy, a cycle every half second (each can be overridden)."""
     import kopf
@@ -629,7 +632,7 @@ def operator_config(cluster: EmulatedCluster, **overrides: Any) -> Any:
 
 
 @asynccontextmanager
-async def running_operator(cluster: EmulatedCluster, **overrides: Any) -> AsyncIterator[Any]:
+async def running_operator(cluster: EmulatedCluster, **overrides: Any) -> AsyncIterator[Operator]:
     """The operator of `operator_config` running for the block, once ready (what stops it early is raised)."""
     from admission.operator import Operator
 

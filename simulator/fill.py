@@ -585,9 +585,9 @@ class _NodeArrays:
     bind only that node's entries are refreshed (`update`).
     """
 
-    def __init__(self, nodes: Sequence[NodeInfo], accelerators: Iterable[str],
+    def __init__(self, nodes: _LiveNodes, accelerators: Iterable[str],
                  static_key: Callable[[NodeInfo], Hashable]) -> None:
-        self.nodes = nodes if isinstance(nodes, _LiveNodes) else list(nodes)
+        self.nodes = nodes
         self.position = {n.name: i for i, n in enumerate(self.nodes)}
         n = len(self.nodes)
         self.free: dict[str, np.ndarray] = {}
