@@ -396,21 +396,25 @@ class TesseraPolicy:
         placer = Placer(snapshot, reservations=reservations)
         admitted, reasons = greedy_cycle(prepared, placer)
         best = _Outcome(admitted, reasons, placer)
-        everything = len(admitted) == len(prepared.candidates) and all(
-            n == ps.count for p in admitted for ps, (_, n) in zip(p.candidate.podsets, p.choice)
-        )
-        if everything:  # every candidate whole: Kueue's cycle cannot admit more
+        whole = all(n == ps.count for p in admitted for ps, (_, n) in zip(p.candidate.podsets, p.choice))
+        if whole and len(admitted) == len(prepared.candidates):  # Kueue's cycle cannot admit more
             return best
-        if not admitted and all(_hopeless(placer, c) for c in prepared.candidates):
-            return best  # nobody's cycle admits anything from this state
-        other = self._kueue_baseline(snapshot, prepared, reservations)
+        fresh = Placer(snapshot, reservations=reservations) if admitted else None  # the state before the greedy
+        if whole:
+            done = {p.key for p in admitted}
+            if all(_hopeless(fresh or placer, c) for c in prepared.candidates if c.key not in done):
+                # Kueue's cycle admits only workloads this one admitted whole: its value is not higher
+                return best
+        other = self._kueue_baseline(snapshot, prepared, reservations, fresh)
         if other is not None:
             accel = snapshot.cluster.accelerators
             if _compare(_placed_value(other.admitted, accel), _placed_value(best.admitted, accel)) > 0:
                 best = other
         return best
 
-    def _kueue_baseline(self, snapshot: Snapshot, prepared: Prepared, reservations: Sequence[Reservation]) -> _Outcome | None:
+    def _kueue_baseline(self, snapshot: Snapshot, prepared: Prepared, reservations: Sequence[Reservation],
+                        placer: Placer | None = None) -> _Outcome | None:
+        """Kueue's drain cycle replayed; ``placer`` (at the snapshot's state) binds its admissions."""
         if not self.kueue_baseline or len(snapshot.pending) > KUEUE_BASELINE_MAX:
             return None
         try:
@@ -421,7 +425,8 @@ class TesseraPolicy:
         if not callable(cycle) or not callable(place):
             return None
         decisions = place(snapshot, cycle(snapshot, drain=True), gang=True)
-        placer = Placer(snapshot, reservations=reservations)
+        if placer is None:
+            placer = Placer(snapshot, reservations=reservations)
         theirs = {a.key: a for a in decisions.admissions}
         admitted: list[Placed] = []
         blocked: set[str] = set()  # StrictFIFO queues whose head is not admitted
@@ -711,7 +716,7 @@ class TesseraPolicy:
             return {c.key: "fit" for c in candidates if c.key not in settled}
         fair = snapshot.config.fair_sharing
         usage = chosen.placer.usage
-        cluster: Cluster | None = None
+        fitter: Placer | None = None  # on a copy of the cluster that keeps the preemptors' pods
         by_key: dict[str, object] = {}
         gone: set[str] = set()
         pool: VictimPool | None = None  # built at the first search that runs (parked ones are often all settled)
@@ -765,9 +770,9 @@ class TesseraPolicy:
             if not result.victims:
                 fruitless[same] = searched[cand.key] = "no-victims"
                 continue
-            if cluster is None:
-                cluster = chosen.placer.cluster.copy()
-            nodes = self._fits_after(snapshot, cluster, cand, assignment, [by_key[v.workload.key] for v in result.victims],
+            if fitter is None:
+                fitter = Placer(snapshot, cluster=chosen.placer.cluster.copy(), usage=snapshot.tree.empty_usage())
+            nodes = self._fits_after(fitter, cand, assignment, [by_key[v.workload.key] for v in result.victims],
                                      chosen.placer.excluded(cand))
             victims = ", ".join(v.workload.key for v in result.victims)
             if nodes is None:
@@ -811,32 +816,39 @@ class TesseraPolicy:
                 if pending.nominated_nodes & evicting:
                     decisions.nominations[key] = pending.nominated_nodes
 
-    def _fits_after(self, snapshot: Snapshot, cluster: Cluster, cand: Candidate, assignment: object,
-                    victims: Sequence[object], excluded: frozenset[str] = frozenset()) -> frozenset[str] | None:
+    @staticmethod
+    def _fits_after(placer: Placer, cand: Candidate, assignment: object, victims: Sequence[object],
+                    excluded: frozenset[str] = frozenset()) -> frozenset[str] | None:
         """The nodes the preemptor's pods bind on once the victims' pods are gone, None if they do
-        not (the result is kept on ``cluster`` when they do, so later preemptors do not count the
-        same nodes twice). ``excluded``: nodes held for workloads that outrank it."""
-        with cluster.what_if() as trial:
-            for a in victims:
-                for b in getattr(a, "bindings", ()):
-                    if b.node in cluster.nodes:
-                        cluster.unbind(b)
-            placer = Placer(snapshot, cluster=cluster, usage=snapshot.tree.empty_usage())
-            request: dict = {}
-            nodes: set[str] = set()
-            for i, ps in enumerate(cand.podsets):
-                want = assignment.podsets[i].flavors  # type: ignore[attr-defined]
-                opt = next((o for o in ps.options if all(o.flavors.get(r) == f for r, f in want.items())), None)
-                if opt is None:
-                    return None
-                attempt = placer.place_podset(cand, ps, opt, ps.count, excluded)
-                if attempt.reason is not None:
-                    return None
-                nodes.update(attempt.nodes)
-                for fr, v in opt.per_pod_quota.items():
-                    request[fr] = request.get(fr, 0) + v * ps.count
-            trial.commit()
-        return frozenset(nodes)
+        not (the result is kept on the placer's cluster when they do, so later preemptors do not
+        count the same nodes twice). ``excluded``: nodes held for workloads that outrank it. One
+        placer serves a cycle's preemptors: its node indexes are told what changed."""
+        cluster = placer.cluster
+        touched: set[str] = set()  # the victims' nodes
+        nodes: set[str] = set()
+        try:
+            with cluster.what_if() as trial:
+                for a in victims:
+                    for b in getattr(a, "bindings", ()):
+                        if b.node in cluster.nodes:
+                            cluster.unbind(b)
+                            touched.add(b.node)
+                placer.touch(touched)
+                placer.epoch += 1
+                for i, ps in enumerate(cand.podsets):
+                    want = assignment.podsets[i].flavors  # type: ignore[attr-defined]
+                    opt = next((o for o in ps.options if all(o.flavors.get(r) == f for r, f in want.items())), None)
+                    if opt is None:
+                        return None
+                    attempt = placer.place_podset(cand, ps, opt, ps.count, excluded)
+                    if attempt.reason is not None:
+                        return None
+                    nodes.update(attempt.nodes)
+                trial.commit()
+            return frozenset(nodes)
+        finally:
+            placer.touch(touched | nodes)  # rolled back, or kept: either way these nodes changed
+            placer.epoch += 1
 
 
 def _may_preempt(snapshot: Snapshot, cand: Candidate) -> bool:

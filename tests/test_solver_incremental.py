@@ -219,9 +219,9 @@ def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(
     replays: list[int] = []
     real = TesseraPolicy._kueue_baseline
 
-    def counted(self, snapshot, prepared, reservations):  # type: ignore[no-untyped-def]
+    def counted(self, snapshot, prepared, reservations, *rest):  # type: ignore[no-untyped-def]
         replays.append(len(prepared.candidates))
-        return real(self, snapshot, prepared, reservations)
+        return real(self, snapshot, prepared, reservations, *rest)
 
     monkeypatch.setattr(TesseraPolicy, "_kueue_baseline", counted)
     cluster, admitted, shared = _world()  # 2 of 8 GPUs free
@@ -231,3 +231,10 @@ def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(
     fits = [Pending(workload("gang", 1, pods=3, min_count=2), 0.0), Pending(workload("one", 1), 1.0)]
     TesseraPolicy(incremental=False).schedule(_snap(cluster, admitted, fits, shared, 100.0))
     assert replays == [2]  # the gang took the room partially: another order might admit more
+    # the greedy admitted "one" whole and the rest could not be admitted even before it: no replay
+    got = TesseraPolicy(incremental=False).schedule(_snap(cluster, admitted, [Pending(workload("one", 1), 0.0), *hopeless], shared, 100.0))
+    assert [a.key for a in got.admissions] == ["default/one"] and replays == [2]
+    # "two" fitted before "one" took a GPU: Kueue's order might admit it instead
+    small_first = [Pending(workload("one", 1), 0.0), Pending(workload("two", 2), 1.0)]
+    got = TesseraPolicy(incremental=False).schedule(_snap(cluster, admitted, small_first, shared, 100.0))
+    assert replays == [2, 2]
