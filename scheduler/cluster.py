@@ -459,7 +459,11 @@ class Cluster:
         return sum(node.allocatable.get(resource, 0) for node in self.nodes.values())
 
     def allocated(self, resource: str) -> int:
-        return sum(node.used.get(resource, 0) for node in self.nodes.values())
+        key = ("allocated", resource)
+        got = self.cache.get(key)
+        if got is None or got[0] != self.version:  # every bind and unbind moves the version
+            got = self.cache[key] = (self.version, sum(node.used.get(resource, 0) for node in self.nodes.values()))
+        return got[1]
 
     def free(self, resource: str) -> int:
         return self.capacity(resource) - self.allocated(resource)

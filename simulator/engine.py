@@ -167,6 +167,10 @@ class Simulation:
         """The snapshots' lists, rebuilt only after a change (None): a snapshot's lists are never
         mutated, so a cycle that changed nothing hands the next one the very same objects."""
         self._unplaced: dict[str, None] = {}
+        self._running = 0
+        """Admitted workloads whose pods all started (kept by the transitions: sampled every instant)."""
+        self._gpus_by_queue: dict[str, int] = {}
+        """GPU milli of the admitted workloads per ClusterQueue (likewise)."""
         """Admitted workloads whose pods are not all bound yet (kube-scheduler's work), in admission order."""
         self._reasons: dict[str, str] = {}
         """Pending reasons the cycles gave since the record was last written otherwise (applied
@@ -238,7 +242,7 @@ class Simulation:
         self.now = max(self.now, at)
 
     def _waiting(self) -> int:
-        return len(self.pending) + sum(1 for s in self.admitted.values() if s.record.started_at is None)
+        return len(self.pending) + len(self.admitted) - self._running
 
     def _handle(self, kind: EventKind, key: str, epoch: int) -> None:
         state = self.states[key]
@@ -263,6 +267,9 @@ class Simulation:
             self.fair_sharing.release(*fair_sharing_charge(state.admitted), at=self.now)
         key = state.job.workload.key
         del self.admitted[key]
+        if state.record.started_at is not None:
+            self._running -= 1
+        self._count_gpus(state, -1)
         self._unplaced.pop(key, None)
         self._admitted_list = None
         state.admitted = None
@@ -338,6 +345,7 @@ class Simulation:
             bindings=tuple(bindings),
         )
         self.admitted[admission.key] = state
+        self._count_gpus(state, +1)
         self._admitted_list = None
         self._unplaced[admission.key] = None
         if self.fair_sharing is not None:
@@ -351,11 +359,20 @@ class Simulation:
         if state.record.started_at is not None or not state.admitted.placed:
             return
         state.record.started_at = self.now
+        self._running += 1
         state.record.nodes = sorted({b.node for b in state.admitted.bindings})
         self._unplaced.pop(state.job.workload.key, None)
         self._set_reason(state, "")
         if state.job.duration is not None:
             self._push(self.now + state.job.duration, "finish", state.job.workload.key, state.epoch)
+
+    def _count_gpus(self, state: _State, sign: int) -> None:
+        cq = state.record.cluster_queue or "?"
+        milli = self._gpus_by_queue.get(cq, 0) + sign * state.job.workload.total_gpus()
+        if milli:
+            self._gpus_by_queue[cq] = milli
+        else:
+            del self._gpus_by_queue[cq]
 
     def _bind_pending_pods(self) -> None:
         if self.binder is None:
@@ -444,17 +461,13 @@ class Simulation:
     # --- results --------------------------------------------------------------------------------
 
     def _sample(self) -> None:
-        by_queue: dict[str, float] = {}
-        for state in self.admitted.values():
-            cq = state.record.cluster_queue or "?"
-            by_queue[cq] = by_queue.get(cq, 0.0) + state.record.gpus
         self.samples.append(
             Sample(
                 at=self.now,
                 allocated_gpus=self.cluster.allocated(GPU_RESOURCE) / 1000,
                 waiting=self._waiting(),
-                running=sum(1 for s in self.admitted.values() if s.record.started_at is not None),
-                usage_by_queue=by_queue,
+                running=self._running,
+                usage_by_queue={cq: milli / 1000 for cq, milli in self._gpus_by_queue.items()},
             )
         )
 
