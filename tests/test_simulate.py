@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from scheduler.decisions import make_policy
@@ -299,3 +300,39 @@ def test_namespace_selector_matches_labels_of_namespace_manifests(tmp_path: Path
         assert result.exit_code == 0, result.output
         for run in json.loads(result.stdout)["results"]:
             assert (run["workloads"][0]["admitted_at"] is not None) is admitted, run["policy"]
+
+
+class _RecountingSimulation(Simulation):
+    """Checks every sample against a recount of the workloads' states (the engine keeps counters)."""
+
+    def _sample(self) -> None:
+        super()._sample()
+        sample = self.samples[-1]
+        started = sum(1 for s in self.admitted.values() if s.record.started_at is not None)
+        by_queue: dict[str, float] = {}
+        for s in self.admitted.values():
+            by_queue[s.record.cluster_queue or "?"] = by_queue.get(s.record.cluster_queue or "?", 0.0) + s.record.gpus
+        assert sample.running == started
+        assert sample.waiting == len(self.pending) + len(self.admitted) - started
+        assert sample.usage_by_queue == pytest.approx(by_queue)
+        assert sample.allocated_gpus == sum(n.used.get("nvidia.com/gpu", 0) for n in self.cluster.nodes.values()) / 1000
+
+
+def test_samples_match_a_recount_through_evictions_and_preemptions(tmp_path: Path, write_yaml: Callable[..., Path]) -> None:
+    jobs = [job(f"s{i}", 1, 1, 0, 3000) for i in range(3)] + [job("gang", 8, 2, 1, 100)]
+    args = files(tmp_path, write_yaml, jobs)
+    inputs = load_inputs(*args[1::2], seed=0)
+    big = job("big", 8, 2, 0, 5000)
+    big["metadata"].update(namespace="research", labels={"tessera.dev/queue-name": "q", "tessera.dev/priority-class": "high"})
+    small = job("small", 8, 1, 100, 1000)
+    small["metadata"]["namespace"] = "prod"
+    reclaim = load_inputs(args[1], str(write_yaml("queues-r.yaml", RECLAIM_QUEUES)), str(write_yaml("jobs-r.yaml", big, small)), seed=0)
+    seen = {"evictions": 0, "preemptions": 0}
+    for setup in (inputs.setup, reclaim.setup):
+        for name in ("kueue", "tessera"):
+            policy = make_policy(name)
+            result = _RecountingSimulation(setup, policy, binder_for(policy)).run()
+            assert len(result.samples) > 3
+            seen["evictions"] += sum(w.evictions for w in result.workloads)
+            seen["preemptions"] += sum(w.preemptions for w in result.workloads)
+    assert seen["evictions"] and seen["preemptions"]  # both transitions were exercised
