@@ -413,6 +413,8 @@ class _Cycle:
             self.memo = None
         self._memo_usage: Usage | None = None
         """The usage the memo was last checked against (None: check before the next use)."""
+        self._pools: dict[tuple[object, ...], VictimPool] = {}
+        """Preemption candidate pools of this call while no candidate changes (without a usable memo)."""
         self.tas = TASPlanner(snapshot)
         self.issued: set[str] = set()
         self.admitted_here = 0
@@ -596,8 +598,9 @@ class _Cycle:
         return memo
 
     def _candidates_changed(self) -> None:
-        """A candidate was replaced (marked evicted): memoised nominations no longer apply."""
+        """A candidate was replaced (marked evicted): memoised nominations and pools no longer apply."""
         self._memo_usage = None
+        self._pools.clear()
 
     def queued_at_matters(self, cq: str) -> bool:
         """Whether a preemptor's queue time can change its nomination in ``cq``: only
@@ -636,13 +639,14 @@ class _Cycle:
         return entry
 
     def _candidates_for(self, cq: str, priority: int, queued_at: float) -> VictimPool:
+        """The preemptor's candidate pool: a function of the candidates and of the key below, so
+        kept in the memo across cycles, or for this call while the candidates stay the same."""
         memo = self.memo
-        if memo is None or self._memo_usage is None:
-            return VictimPool(self.preemption_candidates(cq, priority, queued_at))
+        pools = memo.candidates if memo is not None and self._memo_usage is not None else self._pools
         ckey = (cq, priority, queued_at if self.queued_at_matters(cq) else None)
-        found = memo.candidates.get(ckey)
+        found = pools.get(ckey)
         if found is None:
-            found = memo.candidates[ckey] = VictimPool(self.preemption_candidates(cq, priority, queued_at))
+            found = pools[ckey] = VictimPool(self.preemption_candidates(cq, priority, queued_at))
         return found
 
     def _nominate(self, p: Pending, cq: str, usage: Usage) -> _Entry:

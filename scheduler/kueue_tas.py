@@ -139,25 +139,24 @@ class TASPlanner:
             found = self._counts.get(key)
             if found is not None:
                 return found
-        cluster = self.cluster
-        names = graph.node_names
-        allowed = set(feasible_nodes(self.snapshot.cluster, constraints, flavor, names))  # labels/taints only
+        nodes = self.cluster.nodes
+        allowed = set(feasible_nodes(self.snapshot.cluster, constraints, flavor, graph.node_names))  # labels/taints only
         memo = self._fits.setdefault(pod, {})
         counts: dict[DomainKey | str, int] = {}
-        for name in names:
-            n = 0
-            if name in allowed:
-                node = cluster.nodes[name]
-                n = memo.get(node.state_id, -1)
-                if n < 0:
-                    n = memo[node.state_id] = node.fit_count(pod)
-            counts[name] = n
-            leaf = graph.domain_of(name)
-            assert leaf is not None
-            n = min(n, UNLIMITED)
+        for leaf, names in graph.leaves.items():
+            total = 0
+            for name in names:
+                n = 0
+                if name in allowed:
+                    sid = nodes[name].state_id
+                    n = memo.get(sid, -1)
+                    if n < 0:
+                        n = memo[sid] = nodes[name].fit_count(pod)
+                counts[name] = n
+                total += min(n, UNLIMITED)
             for depth in range(len(leaf), -1, -1):
                 sub = leaf[:depth]
-                counts[sub] = min(counts.get(sub, 0) + n, UNLIMITED)
+                counts[sub] = min(counts.get(sub, 0) + total, UNLIMITED)
         for depth in range(len(graph.levels)):
             for sub in graph.domains_at(depth):
                 counts.setdefault(sub, 0)

@@ -202,6 +202,11 @@ class TopologyGraph:
     def node_names(self) -> list[str]:
         return list(self._node_domain)
 
+    @property
+    def leaves(self) -> Mapping[DomainKey, list[str]]:
+        """The nodes of each lowest-level domain (read only)."""
+        return self._leaf_nodes
+
     # --- capacity -------------------------------------------------------------------------------
 
     def node_fits(
