@@ -170,8 +170,8 @@ class _Stamps:
     - ``no-victims`` (preempting could not make the quota fit, or no flavor fits even with
       preemption: the oracle's searches found nothing): while the epoch stays. Between
       releases an admission takes from what was free as much as it brings as a possible victim;
-      only a queue going over its quota makes the workloads already there reclaimable. A search
-      in a cycle that admitted in its tree saw the usage ahead of the pool: it holds for nothing.
+      only a queue going over its quota makes the workloads already there reclaimable. (No
+      search runs in a cycle that admitted in its tree: what one saw is the pool and usage.)
     """
 
     before: dict[str, int]
@@ -181,16 +181,11 @@ class _Stamps:
 
     def stamp(self, root: str, kind: str) -> tuple[object, ...]:
         if kind == "no-victims":
-            complete = self.after.get(root, 0) == self.before.get(root, 0)
-            return (kind, self.epochs.get(root, 0) if complete else -1)
+            return (kind, self.epochs.get(root, 0))
         return (kind, self.before.get(root, 0), self.after.get(root, 0))
 
     def settled(self, root: str, seen: tuple[object, ...] | None) -> bool:
-        if seen is None:
-            return False
-        if seen[0] == "no-victims":
-            return seen[1] != -1 and seen[1] == self.epochs.get(root, 0)
-        return seen == self.stamp(root, str(seen[0]))
+        return seen is not None and seen == self.stamp(root, str(seen[0]))
 
 
 def _inputs(snapshot: Snapshot) -> tuple[object, ...]:
@@ -698,9 +693,14 @@ class TesseraPolicy:
         `_Stamps`).
 
         A parked workload whose last search holds for these ``stamps`` (`_Parked.preempt_seen`)
-        would find nothing again: it is passed over without running the search."""
+        would find nothing again: it is passed over without running the search.
+
+        No search runs in a quota tree where this cycle admitted: its pool would lack what the
+        cycle admitted while its usage counts it. Admitting is a change, so another cycle runs
+        at the same instant and searches with the pool and the usage in step."""
         tree = snapshot.tree
         admitted_now = {a.key for a in decisions.admissions}
+        busy = {tree.root(a.cluster_queue).name for a in decisions.admissions}
         candidates = [c for c in prepared.candidates if c.key not in admitted_now]
         settled: dict[str, str] = {}
         if parked:
@@ -728,6 +728,8 @@ class TesseraPolicy:
             if not _may_preempt(snapshot, cand):
                 searched[cand.key] = "fit"
                 continue
+            if busy and tree.root(cand.cluster_queue).name in busy:
+                continue  # searched in the next cycle
             policy = snapshot.cluster_queues[cand.cluster_queue].spec.preemption
             if tried >= MAX_PREEMPTORS:
                 break

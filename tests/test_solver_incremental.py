@@ -154,7 +154,8 @@ def test_a_parked_preemptor_that_found_no_victim_is_not_searched_again_after_adm
 
 def test_a_parked_preemptor_whose_quota_fitted_searches_again_after_admissions(monkeypatch: pytest.MonkeyPatch) -> None:
     """Its quota fitted (its pods did not): as admissions fill the quota it may have to preempt,
-    so its search runs again after each, and not in cycles where nothing was admitted."""
+    so its search runs again after each (in the next cycle, whose pool holds what was admitted),
+    and not in cycles where nothing was admitted."""
     searches = _count_searches(monkeypatch)
     cluster, admitted, shared, urgent = _preemptor_world(quota=16)
     policy = TesseraPolicy()
@@ -165,18 +166,18 @@ def test_a_parked_preemptor_whose_quota_fitted_searches_again_after_admissions(m
     low = Pending(workload("low", 1, priority=0, created=101.0), 101.0)
     second = policy.schedule(_snap(cluster, admitted, [urgent, low], shared, 101.0))
     assert [a.key for a in second.admissions] == ["default/low"] and second.stats.parked == 1
-    assert len(searches) == 2  # admitted in this cycle: the usage it reads changed
+    assert len(searches) == 1  # admitted in this cycle: searched in the next one, with "low" in the pool
     admitted = admitted + [admitted_from_admission(cluster, second.admissions[0], low.workload, 101.0)]
     third = policy.schedule(_snap(cluster, admitted, [urgent], shared, 102.0))
-    assert len(searches) == 3 and third.stats.parked == 1  # a new possible victim
+    assert len(searches) == 2 and third.stats.parked == 1  # a new possible victim
     policy.schedule(_snap(cluster, admitted, [urgent], shared, 103.0))
-    assert len(searches) == 3
+    assert len(searches) == 2
 
 
 def test_a_parked_preemptor_searches_again_when_an_admission_makes_a_queue_borrow(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only a queue going over its quota makes the workloads already there reclaimable: then the
-    parked preemptor that found no victim searches again (twice: the cycle that admitted saw the
-    usage ahead of the pool)."""
+    parked preemptor that found no victim searches again, in the cycle after the admission (the
+    one that admitted does not search: its pool would lack what it admitted)."""
     searches = _count_searches(monkeypatch)
     cluster = Cluster([node("n1", gpus=8)])
     admitted = [running(cluster, "b-old", "n1", 3, queue="b")]
@@ -205,11 +206,23 @@ def test_a_parked_preemptor_searches_again_when_an_admission_makes_a_queue_borro
     assert len(searches) == 1  # b at its quota, not over: nothing new to reclaim
     pend.append(Pending(workload("b-big", 1, queue="qb", created=104.0), 104.0))
     assert [a.key for a in cycle(104).admissions] == ["default/b-big"]
-    assert len(searches) == 2  # b borrows now: its workloads may be reclaimed
+    assert len(searches) == 1
     cycle(105)
-    assert len(searches) == 3  # once more with b-big among the possible victims
+    assert len(searches) == 2  # b borrows now, b-big among the possible victims
     cycle(106)
-    assert len(searches) == 3
+    assert len(searches) == 2
+
+
+def test_a_cycle_that_admits_in_one_quota_tree_still_preempts_in_another() -> None:
+    """Searches wait for the next cycle only in the quota trees where this one admitted."""
+    cluster = Cluster([node("n1", gpus=8)])
+    admitted = [running(cluster, "a-low", "n1", 6, queue="a")]
+    queues = [cq("a", gpus=6, preemption={"withinClusterQueue": "LowerPriority"}), cq("b", gpus=2)]
+    pend = [Pending(workload("a-high", 6, priority=100, queue="qa"), 0.0), Pending(workload("b-one", 2, queue="qb"), 0.0)]
+    snap = snapshot(cluster, queues, pend, local_queues=[lq("qa", "a"), lq("qb", "b")], admitted=admitted, cfg=config())
+    got = TesseraPolicy().schedule(snap)
+    assert [a.key for a in got.admissions] == ["default/b-one"]
+    assert [(p.key, p.preemptor) for p in got.preemptions] == [("default/a-low", "default/a-high")]
 
 
 def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(monkeypatch: pytest.MonkeyPatch) -> None:
