@@ -414,7 +414,7 @@ class _Cycle:
         self._memo_usage: Usage | None = None
         """The usage the memo was last checked against (None: check before the next use)."""
         self._pools: dict[tuple[object, ...], VictimPool] = {}
-        """Preemption candidate pools of this call while no candidate changes (without a usable memo)."""
+        """Preemption candidate pools of this call while no candidate changes."""
         self.tas = TASPlanner(snapshot)
         self.issued: set[str] = set()
         self.admitted_here = 0
@@ -639,14 +639,19 @@ class _Cycle:
         return entry
 
     def _candidates_for(self, cq: str, priority: int, queued_at: float) -> VictimPool:
-        """The preemptor's candidate pool: a function of the candidates and of the key below, so
-        kept in the memo across cycles, or for this call while the candidates stay the same."""
-        memo = self.memo
-        pools = memo.candidates if memo is not None and self._memo_usage is not None else self._pools
+        """The preemptor's candidate pool: a function of the candidates and of the key below (not
+        of the usage), so kept for this call while no candidate changes, and in the memo across
+        cycles that see the same world."""
         ckey = (cq, priority, queued_at if self.queued_at_matters(cq) else None)
-        found = pools.get(ckey)
+        found = self._pools.get(ckey)
         if found is None:
-            found = pools[ckey] = VictimPool(self.preemption_candidates(cq, priority, queued_at))
+            memo = self.memo if self._memo_usage is not None else None
+            found = memo.candidates.get(ckey) if memo is not None else None
+            if found is None:
+                found = VictimPool(self.preemption_candidates(cq, priority, queued_at))
+                if memo is not None:
+                    memo.candidates[ckey] = found
+            self._pools[ckey] = found
         return found
 
     def _nominate(self, p: Pending, cq: str, usage: Usage) -> _Entry:
