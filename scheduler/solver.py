@@ -36,10 +36,10 @@ from dataclasses import dataclass, field, replace
 from quotas.flavors import AssignmentMode, PodSetRequest, assign_flavors
 from quotas.preemption import Preemptor, VictimPool, find_victims, preemption_oracle
 from quotas.units import format_amount
-from scheduler.cluster import Cluster
+from scheduler.cluster import Cluster, NodeInfo, PodRequest
 from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, register_policy
 from scheduler.snapshot import Pending, PodSetPlacement, Snapshot
-from scheduler.solver_common import Candidate, Prepared, aging_fraction, prepare
+from scheduler.solver_common import Candidate, PodSetOption, Prepared, aging_fraction, prepare
 from scheduler.solver_expand import expand
 from scheduler.solver_model import ModelResult, SolveParams, solve_cycle
 from scheduler.solver_place import Placed, Placer, Reservation, excluded_nodes, greedy_cycle
@@ -137,7 +137,7 @@ class _Parked:
     candidate: Candidate | None = None
     preempt_seen: tuple[object, ...] | None = None
     """What its last preemption search, which found nothing, saw (`_Stamps.stamp`); None: it may
-    not preempt."""
+    not preempt, or its search is due (it was parked in a cycle that admitted in its tree)."""
     excluded: frozenset[str] = frozenset()
     """Nodes held for others it could not use when it was parked: it stays parked while they are."""
 
@@ -285,6 +285,9 @@ class TesseraPolicy:
         self.kueue_baseline = kueue_baseline
         self.incremental = incremental
         self._memory: _Memory | None = None
+        self._held: tuple[tuple[object, ...], int, dict[tuple[object, ...], tuple[Pending, list[str]]]] | None = None
+        """`_reserve_for` results, valid while the snapshot's inputs, cluster version and usage are
+        the same objects (a cycle at an instant where only workloads arrived)."""
         self.last: ModelResult | None = None
         """The solver result of the last cycle (for benchmarks and debugging)."""
 
@@ -545,18 +548,22 @@ class TesseraPolicy:
                 entry.preempt_seen = seen(entry.candidate)
             memory.parked[key] = entry  # (a search not reached this cycle runs in the next)
         admitted_now = {a.key for a in decisions.admissions}
+        busy = {tree.root(a.cluster_queue).name for a in decisions.admissions}
         for cand in prepared.candidates:
             key = cand.key
             if key in admitted_now or key in held or cand.cluster_queue in strict:
                 continue
             may_preempt = self.preemption and _may_preempt(snapshot, cand)
+            due = False
             if may_preempt and key not in searched:
-                continue  # not searched this cycle (too many preemptors before it)
+                if tree.root(cand.cluster_queue).name not in busy:
+                    continue  # not searched this cycle (too many preemptors before it)
+                due = True  # admissions here: its search runs in the next cycle, parked or not
             wake = math.inf
             if cand.gpu_total() > 0 and aging_fraction(now - cand.queued_at, self.aging_threshold) < 1.0:
                 wake = cand.queued_at + self.aging_threshold
             memory.parked[key] = _Parked(cand.pending, decisions.pending.get(key, NOT_ADMITTED), wake, cand,
-                                         seen(cand) if may_preempt else None, excluded_nodes(reservations, cand))
+                                         seen(cand) if may_preempt and not due else None, excluded_nodes(reservations, cand))
         self._memory = memory
 
     # --- aging: reservations ---
@@ -585,22 +592,32 @@ class TesseraPolicy:
             if probe is None:
                 probe = Placer(snapshot)
             probe.reservations = nominated + out
-            nodes = self._reserve_for(snapshot, probe, cand)
+            nodes = self._reserve_memo(snapshot, probe, cand)
             if nodes:
                 out.append(
                     Reservation(cand.key, cand.priority, cand.queued_at, frozenset(nodes), note=f"waiting {waited:.0f}s")
                 )
         return nominated + out
 
+    def _reserve_memo(self, snapshot: Snapshot, probe: Placer, cand: Candidate) -> list[str]:
+        """`_reserve_for`, remembered while nothing it reads changes: the snapshot's inputs and
+        usage (same objects), the cluster's version, the candidate's pending object and the
+        reservations made before it."""
+        world = (*_inputs(snapshot), snapshot.usage)
+        held = self._held
+        if (held is None or held[1] != snapshot.cluster.version or len(held[0]) != len(world)
+                or any(a is not b for a, b in zip(held[0], world))):
+            held = self._held = (world, snapshot.cluster.version, {})
+        key = (cand.key, tuple(probe.reservations))
+        found = held[2].get(key)
+        if found is None or found[0] is not cand.pending:
+            found = held[2][key] = (cand.pending, self._reserve_for(snapshot, probe, cand))
+        return list(found[1])
+
     @staticmethod
     def _reserve_for(snapshot: Snapshot, probe: Placer, cand: Candidate) -> list[str]:
         """The nodes an aged workload needs, those closest to free first; none if it fits now, if
         quota (not nodes) holds it back, or if even empty nodes could not hold it."""
-        got = probe.try_admit(cand)
-        if not isinstance(got, str):
-            probe.undo(got, committed=False)
-            return []
-        taken = set(probe.excluded(cand))
         request: dict = {}
         chosen = []
         for ps in cand.podsets:
@@ -613,22 +630,31 @@ class TesseraPolicy:
             for fr, v in opt.per_pod_quota.items():
                 request[fr] = request.get(fr, 0) + v * ps.lowest
             chosen.append((ps, opt))
+        got = probe.try_admit(cand)
+        if not isinstance(got, str):
+            probe.undo(got, committed=False)
+            return []
+        taken = set(probe.excluded(cand))
         nodes: list[str] = []
+        live = probe.cluster.nodes
         for ps, opt in chosen:
-            empty_fit = {n: _fit_if_empty(snapshot.cluster, n, ps.pod) for n in opt.nodes if n not in taken}
-            pools: dict[tuple[str, ...], list[str]] = {}
-            for n in empty_fit:
-                key: tuple[str, ...] = ()
-                if opt.required and opt.topology is not None and opt.level is not None:
-                    labels = opt.topology.level_labels[: opt.level + 1]
-                    key = tuple(snapshot.cluster.nodes[n].labels.get(lb, "") for lb in labels)
-                pools.setdefault(key, []).append(n)
+            empty_fit, all_pools = _empty_pools(snapshot.cluster, ps.pod, opt)
+            by_state: dict[int, int] = {}  # pods that fit now, per node state
             best: list[str] | None = None
             best_score: tuple[int, int] | None = None
-            for _, members in sorted(pools.items()):
+            for _, members in all_pools:
+                if taken:
+                    members = [n for n in members if n not in taken]
                 if sum(empty_fit[n] for n in members) < ps.count:
                     continue
-                members = sorted(members, key=lambda n: (-probe.fit(n, ps.pod), -empty_fit[n], n))
+                fit_now: dict[str, int] = {}
+                for n in members:
+                    sid = live[n].state_id
+                    got = by_state.get(sid)
+                    if got is None:
+                        got = by_state[sid] = probe.fit(n, ps.pod)
+                    fit_now[n] = got
+                members = sorted(members, key=lambda n: (-fit_now[n], -empty_fit[n], n))
                 pick: list[str] = []
                 room = 0
                 for n in members:
@@ -637,7 +663,7 @@ class TesseraPolicy:
                     if empty_fit[n] > 0:
                         pick.append(n)
                         room += empty_fit[n]
-                score = (sum(min(probe.fit(n, ps.pod), empty_fit[n]) for n in pick), -len(pick))
+                score = (sum(min(fit_now[n], empty_fit[n]) for n in pick), -len(pick))
                 if best_score is None or score > best_score:
                     best, best_score = pick, score
             if best is None:
@@ -909,13 +935,36 @@ def _exceeds(snapshot: Snapshot, cq: str, base: Mapping, per_pod: Mapping, pods:
     return not snapshot.tree.fits(cq, trial, snapshot.usage).fits
 
 
-def _fit_if_empty(cluster: Cluster, name: str, pod: object) -> int:
-    """Pods like ``pod`` an empty ``name`` would hold."""
-    node = cluster.nodes[name].copy()
-    node.used = {}
-    node.pod_count = 0
-    node.devices = {r: [1000] * len(d) for r, d in node.devices.items()}
-    return min(node.fit_count(pod), 1 << 20)  # type: ignore[arg-type]
+def _fit_if_empty(node: NodeInfo, pod: PodRequest) -> int:
+    """Pods like ``pod`` the node would hold if empty."""
+    empty = node.copy()
+    empty.used = {}
+    empty.pod_count = 0
+    empty.devices = {r: [1000] * len(d) for r, d in node.devices.items()}
+    return min(empty.fit_count(pod), 1 << 20)
+
+
+def _empty_pools(cluster: Cluster, pod: PodRequest, opt: PodSetOption) -> tuple[dict[str, int], list[tuple[tuple[str, ...], list[str]]]]:
+    """Per node of the option, the pods like ``pod`` it would hold if empty; and its nodes by
+    domain at the required topology level (one pool without one), domains in order. Kept in the
+    cluster's shared cache: it reads allocatable and labels only, which a node keeps for life."""
+    labels: tuple[str, ...] = ()
+    if opt.required and opt.topology is not None and opt.level is not None:
+        labels = tuple(opt.topology.level_labels[: opt.level + 1])
+    memo = cluster.shared.setdefault("empty_pools", {})
+    key = (pod.items, opt.nodes, labels)
+    found = memo.get(key)
+    if found is None:
+        if len(memo) > 1000:
+            memo.clear()
+        nodes = cluster.nodes
+        empty_fit = {n: _fit_if_empty(nodes[n], pod) for n in opt.nodes}
+        pools: dict[tuple[str, ...], list[str]] = {}
+        for n in opt.nodes:
+            node_labels = nodes[n].labels
+            pools.setdefault(tuple(node_labels.get(lb, "") for lb in labels), []).append(n)
+        found = memo[key] = (empty_fit, sorted(pools.items()))
+    return found
 
 
 register_policy("tessera", TesseraPolicy)
