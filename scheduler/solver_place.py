@@ -379,7 +379,7 @@ class Placer:
             f"podset {ps.info.name}: only {total} of {count} pods of {describe_pod(ps.pod)} fit on the "
             f"{nodes} node{'s' if nodes != 1 else ''} of flavor {flavor_text} it may use"
         )
-        if excluded and sum(min(self.fit(n, ps.pod), 1 << 20) for n in opt.nodes) >= count:
+        if excluded and self.fit_total(ps.pod, opt, frozenset()) >= count:  # (all its nodes)
             reason += " (some nodes are reserved for an older or higher-priority workload)"
         return reason
 
