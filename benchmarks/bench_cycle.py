@@ -13,7 +13,10 @@ fractional shares (250m, 500m), two priorities. Every policy sees the same snaps
 Reported per size: cycle latency p50 and p99 (ms) of `tessera` (Configuration.solver.timeLimit
 1 s, 2 workers), of the greedy cycle inside tessera (warm start and fallback) and of the
 `kueue` policy when it is installed; GPUs admitted per cycle; solver status counts and the
-mean relative gap |objective - bound| / |objective|.
+mean relative gap |objective - bound| / |objective|. ``tessera next`` is the cycle that
+follows at the same instant, on the state the first one's decisions leave (the same policy
+object: its parking memory holds): a cycle that admits leaves the preemption searches of its
+quota tree to it (docs/solver.md, *Preemption*), so the two together are what an instant costs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 import time
 import tracemalloc
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +178,29 @@ def _gpus(decisions: Decisions, snapshot: Snapshot, placed_only: bool) -> float:
     return total / G
 
 
+def _after(snap: Snapshot, decisions: Decisions) -> Snapshot:
+    """The state ``decisions`` leave (victims gone, admissions bound on ``snap.cluster``, which is
+    changed), with the same configuration objects, as the simulator's next snapshot has."""
+    from scheduler.kueue import admitted_from_admission
+
+    by_key = {p.key: p for p in snap.pending}
+    gone = {p.key for p in decisions.preemptions}
+    usage = snap.usage
+    admitted: list[Admitted] = []
+    for a in snap.admitted:
+        if a.key in gone:
+            for b in a.bindings:
+                snap.cluster.unbind(b)
+            usage = usage.release(a.cluster_queue, dict(a.usage))
+        else:
+            admitted.append(a)
+    for adm in decisions.admissions:
+        admitted.append(admitted_from_admission(snap.cluster, adm, by_key[adm.key].workload, snap.now))
+        usage = usage.admit(adm.cluster_queue, dict(adm.usage))
+    done = {a.key for a in decisions.admissions}
+    return replace(snap, admitted=admitted, pending=[p for p in snap.pending if p.key not in done], usage=usage)
+
+
 def _pct(values: list[float], q: float) -> float:
     values = sorted(values)
     if not values:
@@ -187,16 +214,18 @@ def run_size(nodes: int, pending: int, cycles: int, policies: list[str], packing
     from scheduler.solver_common import prepare
     from scheduler.solver_place import Placer, greedy_cycle
 
-    out: dict[str, dict[str, object]] = {
-        p: {"lat": [], "gpus": [], "quota": [], "status": Counter(), "gap": []} for p in policies + ["greedy"]
-    }
+    rows = policies + (["tessera next"] if "tessera" in policies else []) + ["greedy"]
+    out: dict[str, dict[str, object]] = {p: {"lat": [], "gpus": [], "quota": [], "status": Counter(), "gap": []} for p in rows}
     for c in range(cycles):
         snap = make_instance(nodes, pending, seed=1000 + c, packing=packing)
+        first: tuple[TesseraPolicy, Decisions] | None = None
         for name in policies:
             policy = TesseraPolicy() if name == "tessera" else make_policy(name)
             t0 = time.perf_counter()
             d = policy.schedule(snap)
             dt = time.perf_counter() - t0
+            if isinstance(policy, TesseraPolicy):
+                first = (policy, d)
             rec = out[name]
             rec["lat"].append(dt * 1000)  # type: ignore[union-attr]
             rec["gpus"].append(_gpus(d, snap, placed_only=True))  # type: ignore[union-attr]
@@ -212,6 +241,16 @@ def run_size(nodes: int, pending: int, cycles: int, policies: list[str], packing
         gpus = sum(ps.pod.get(GPU) * n for p in admitted for ps, (_, n) in zip(p.candidate.podsets, p.choice)) / G
         out["greedy"]["gpus"].append(gpus)  # type: ignore[union-attr]
         out["greedy"]["quota"].append(gpus)  # type: ignore[union-attr]
+        if first is not None:  # last: it changes the instance's cluster
+            policy, d = first
+            nxt = _after(snap, d)
+            t0 = time.perf_counter()
+            d2 = policy.schedule(nxt)
+            rec = out["tessera next"]
+            rec["lat"].append((time.perf_counter() - t0) * 1000)  # type: ignore[union-attr]
+            rec["gpus"].append(_gpus(d2, nxt, placed_only=True))  # type: ignore[union-attr]
+            rec["quota"].append(_gpus(d2, nxt, placed_only=False))  # type: ignore[union-attr]
+            rec["status"][d2.stats.solver_status.split(":")[0] or "-"] += 1  # type: ignore[index]
         print(f"  {nodes} nodes / {pending} pending, cycle {c + 1}/{cycles}: "
               + ", ".join(f"{k} {v['lat'][-1]:.0f} ms" for k, v in out.items() if v["lat"]), flush=True)  # type: ignore[index]
     return out

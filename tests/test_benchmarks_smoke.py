@@ -1,4 +1,4 @@
-"""The simulator benchmarks (benchmarks/bench_philly.py, bench_scale.py, bench_kueue_perf.py) on tiny
+"""The benchmarks (benchmarks/bench_philly.py, bench_scale.py, bench_kueue_perf.py, bench_cycle.py) on tiny
 configurations, so that the scripts cannot rot. Inline data only: no file under ../shared is needed
 (the Philly test also replays three hours of the real trace when it is there)."""
 
@@ -14,6 +14,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_cycle  # noqa: E402
 import bench_kueue_perf  # noqa: E402
 import bench_operator  # noqa: E402
 import bench_philly  # noqa: E402
@@ -225,3 +226,25 @@ def test_operator_bench_emulator_keeps_the_api_server_rules() -> None:
         with bench_operator.bench_cluster(fast=fast) as cluster:
             assert asyncio.run(probe(cluster.url)) == expected, fast
 
+
+
+# --- bench_cycle ------------------------------------------------------------------------------
+
+
+def test_cycle_benchmark_measures_the_next_cycle_on_the_state_left() -> None:
+    snap = bench_cycle.make_instance(32, 40, seed=3)
+    from scheduler.solver import TesseraPolicy
+
+    d = TesseraPolicy().schedule(snap)
+    assert d.admissions
+    before = snap.cluster.allocated(bench_cycle.GPU)
+    nxt = bench_cycle._after(snap, d)
+    done = {a.key for a in d.admissions}
+    assert {p.key for p in nxt.pending} == {p.key for p in snap.pending} - done
+    assert done <= {a.key for a in nxt.admitted} and nxt.tree is snap.tree and nxt.cluster is snap.cluster
+    admitted_gpu = sum(a.usage.get(("h100", bench_cycle.GPU), 0) for a in d.admissions)
+    assert nxt.cluster.allocated(bench_cycle.GPU) == before + admitted_gpu
+    assert nxt.usage.node(nxt.tree.root("team-0").id) != snap.usage.node(snap.tree.root("team-0").id)
+    out = bench_cycle.run_size(32, 40, 1, ["tessera"])
+    assert set(out) == {"tessera", "tessera next", "greedy"}
+    assert len(out["tessera next"]["lat"]) == 1 and out["tessera next"]["lat"][0] > 0  # type: ignore[index]
