@@ -434,9 +434,10 @@ class QuotaTree:
     def _raw_available(self, node: Node, fr: FlavorResource, usage: Usage) -> int:
         path = self._paths[node.id]
         top = path[-1]
-        avail = top.subtree_quota.get(fr, 0) - usage.node(top.id).get(fr, 0)
+        by_node = usage.by_node  # (`Usage.node` resolves any reference; these are ids)
+        avail = top.subtree_quota.get(fr, 0) - by_node[top.id].get(fr, 0)
         for n in reversed(path[:-1]):  # from just below the root down to the node
-            used = usage.node(n.id).get(fr, 0)
+            used = by_node[n.id].get(fr, 0)
             g = n.guaranteed.get(fr, 0)
             quota = n.quotas.get(fr)
             if quota is not None and quota.borrowing_limit is not None:

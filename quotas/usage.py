@@ -43,6 +43,11 @@ class Usage:
         self.tree = tree
         self._by_node = by_node
 
+    @property
+    def by_node(self) -> tuple[Mapping[FlavorResource, int], ...]:
+        """The usage of every node by node id (read only: hot quota arithmetic indexes it directly)."""
+        return self._by_node
+
     @classmethod
     def empty(cls, tree: QuotaTree) -> Usage:
         return cls(tree, tuple(_EMPTY for _ in tree.nodes))

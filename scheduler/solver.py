@@ -397,6 +397,8 @@ class TesseraPolicy:
         whole = all(n == ps.count for p in admitted for ps, (_, n) in zip(p.candidate.podsets, p.choice))
         if whole and len(admitted) == len(prepared.candidates):  # Kueue's cycle cannot admit more
             return best
+        if not self.kueue_baseline or len(snapshot.pending) > KUEUE_BASELINE_MAX:
+            return best
         fresh = Placer(snapshot, reservations=reservations) if admitted else None  # the state before the greedy
         if whole:
             done = {p.key for p in admitted}
@@ -413,7 +415,7 @@ class TesseraPolicy:
     def _kueue_baseline(self, snapshot: Snapshot, prepared: Prepared, reservations: Sequence[Reservation],
                         placer: Placer | None = None) -> _Outcome | None:
         """Kueue's drain cycle replayed; ``placer`` (at the snapshot's state) binds its admissions."""
-        if not self.kueue_baseline or len(snapshot.pending) > KUEUE_BASELINE_MAX:
+        if not self.kueue_baseline or len(snapshot.pending) > KUEUE_BASELINE_MAX:  # (`_greedy` checks first)
             return None
         try:
             from scheduler import kueue
