@@ -169,8 +169,8 @@ class Simulation:
         self._unplaced: dict[str, None] = {}
         self._running = 0
         """Admitted workloads whose pods all started (kept by the transitions: sampled every instant)."""
-        self._gpus_by_queue: dict[str, int] = {}
-        """GPU milli of the admitted workloads per ClusterQueue (likewise)."""
+        self._gpus_by_queue: dict[str, tuple[int, int]] = {}
+        """(workloads, GPU milli) admitted per ClusterQueue (likewise; CPU-only ones count too)."""
         """Admitted workloads whose pods are not all bound yet (kube-scheduler's work), in admission order."""
         self._reasons: dict[str, str] = {}
         """Pending reasons the cycles gave since the record was last written otherwise (applied
@@ -368,9 +368,10 @@ class Simulation:
 
     def _count_gpus(self, state: _State, sign: int) -> None:
         cq = state.record.cluster_queue or "?"
-        milli = self._gpus_by_queue.get(cq, 0) + sign * state.job.workload.total_gpus()
-        if milli:
-            self._gpus_by_queue[cq] = milli
+        count, milli = self._gpus_by_queue.get(cq, (0, 0))
+        count, milli = count + sign, milli + sign * state.job.workload.total_gpus()
+        if count:
+            self._gpus_by_queue[cq] = (count, milli)
         else:
             del self._gpus_by_queue[cq]
 
@@ -467,7 +468,7 @@ class Simulation:
                 allocated_gpus=self.cluster.allocated(GPU_RESOURCE) / 1000,
                 waiting=self._waiting(),
                 running=self._running,
-                usage_by_queue={cq: milli / 1000 for cq, milli in self._gpus_by_queue.items()},
+                usage_by_queue={cq: milli / 1000 for cq, (_, milli) in self._gpus_by_queue.items()},
             )
         )
 

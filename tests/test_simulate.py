@@ -314,12 +314,13 @@ class _RecountingSimulation(Simulation):
             by_queue[s.record.cluster_queue or "?"] = by_queue.get(s.record.cluster_queue or "?", 0.0) + s.record.gpus
         assert sample.running == started
         assert sample.waiting == len(self.pending) + len(self.admitted) - started
+        assert sample.usage_by_queue.keys() == by_queue.keys()
         assert sample.usage_by_queue == pytest.approx(by_queue)
         assert sample.allocated_gpus == sum(n.used.get("nvidia.com/gpu", 0) for n in self.cluster.nodes.values()) / 1000
 
 
 def test_samples_match_a_recount_through_evictions_and_preemptions(tmp_path: Path, write_yaml: Callable[..., Path]) -> None:
-    jobs = [job(f"s{i}", 1, 1, 0, 3000) for i in range(3)] + [job("gang", 8, 2, 1, 100)]
+    jobs = [job(f"s{i}", 1, 1, 0, 3000) for i in range(3)] + [job("gang", 8, 2, 1, 100), job("cpu-only", 0, 1, 4000, 50)]
     args = files(tmp_path, write_yaml, jobs)
     inputs = load_inputs(*args[1::2], seed=0)
     big = job("big", 8, 2, 0, 5000)
