@@ -652,10 +652,10 @@ class TesseraPolicy:
                 fit_now: dict[str, int] = {}
                 for n in members:
                     sid = live[n].state_id
-                    got = by_state.get(sid)
-                    if got is None:
-                        got = by_state[sid] = probe.fit(n, ps.pod)
-                    fit_now[n] = got
+                    fits = by_state.get(sid)
+                    if fits is None:
+                        fits = by_state[sid] = probe.fit(n, ps.pod)
+                    fit_now[n] = fits
                 members = sorted(members, key=lambda n: (-fit_now[n], -empty_fit[n], n))
                 pick: list[str] = []
                 room = 0
