@@ -251,3 +251,35 @@ def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(
     small_first = [Pending(workload("one", 1), 0.0), Pending(workload("two", 2), 1.0)]
     got = TesseraPolicy(incremental=False).schedule(_snap(cluster, admitted, small_first, shared, 100.0))
     assert replays == [2, 2]
+
+
+def test_reservations_are_remembered_until_the_cluster_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An aged gang's reservation search runs again only when what it reads changed."""
+    import scheduler.solver as solver
+
+    searched: list[str] = []
+    real = solver.TesseraPolicy._reserve_for
+
+    def counted(snapshot, probe, cand):  # type: ignore[no-untyped-def]
+        searched.append(cand.key)
+        return real(snapshot, probe, cand)
+
+    monkeypatch.setattr(solver.TesseraPolicy, "_reserve_for", staticmethod(counted))
+    cluster = Cluster([node("n0"), node("n1"), node("n2")])
+    x, y = running(cluster, "x", "n0", 4), running(cluster, "y", "n1", 2)
+    gang = Pending(workload("gang", 8, pods=2, created=0.0), 0.0)  # two whole nodes; only n2 is
+    first = snapshot(cluster, [cq("cq", 100)], [gang], admitted=[x, y], now=4100.0, cfg=config())
+    policy = TesseraPolicy(aging_threshold=3600.0)
+    held = policy.schedule(first).pending["default/gang"]
+    assert "reserved for it" in held and searched == ["default/gang"]
+    again = policy.schedule(replace(first, now=4200.0)).pending["default/gang"]
+    assert again == held.replace("waiting 4100s", "waiting 4200s")  # the same nodes
+    assert searched == ["default/gang"]  # same cluster, usage and workload: remembered
+    cluster.bind("n2", y.bindings[0].pod)  # a pod outside the queues: the usage object stays
+    policy.schedule(replace(first, now=4300.0))
+    assert searched == ["default/gang", "default/gang"]  # the cluster changed: searched again
+    for b in y.bindings:
+        cluster.unbind(b)
+    released = replace(first, now=4400.0, admitted=[x], usage=first.usage.release("cq", dict(y.usage)))
+    policy.schedule(released)
+    assert searched == ["default/gang"] * 3
