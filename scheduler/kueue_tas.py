@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from quotas.api import ResourceFlavor, Topology
 from scheduler.affinity import NodeConstraints
-from scheduler.cluster import UNLIMITED, Binding, Cluster, PodRequest
+from scheduler.cluster import Binding, Cluster, PodRequest
 from scheduler.flavors import admitted_constraints, feasible_nodes, flavor_nodes
 from scheduler.snapshot import Admitted, Snapshot
 from scheduler.topology import DomainKey, TopologyGraph, level_name
@@ -140,27 +140,19 @@ class TASPlanner:
             if found is not None:
                 return found
         nodes = self.cluster.nodes
-        allowed = set(feasible_nodes(self.snapshot.cluster, constraints, flavor, graph.node_names))  # labels/taints only
+        names = graph.node_names
+        allowed = set(feasible_nodes(self.snapshot.cluster, constraints, flavor, names))  # labels/taints only
         memo = self._fits.setdefault(pod, {})
-        counts: dict[DomainKey | str, int] = {}
-        for leaf, names in graph.leaves.items():
-            total = 0
-            for name in names:
-                n = 0
-                if name in allowed:
-                    sid = nodes[name].state_id
-                    n = memo.get(sid, -1)
-                    if n < 0:
-                        n = memo[sid] = nodes[name].fit_count(pod)
-                counts[name] = n
-                total += min(n, UNLIMITED)
-            for depth in range(len(leaf), -1, -1):
-                sub = leaf[:depth]
-                counts[sub] = min(counts.get(sub, 0) + total, UNLIMITED)
-        for depth in range(len(graph.levels)):
-            for sub in graph.domains_at(depth):
-                counts.setdefault(sub, 0)
-        counts.setdefault((), 0)
+        per_node: dict[str, int] = {}
+        for name in names:
+            n = 0
+            if name in allowed:
+                sid = nodes[name].state_id
+                n = memo.get(sid, -1)
+                if n < 0:
+                    n = memo[sid] = nodes[name].fit_count(pod)
+            per_node[name] = n
+        counts = graph.domain_counts(per_node)
         if cacheable:
             self._counts[key] = counts
         return counts

@@ -202,11 +202,6 @@ class TopologyGraph:
     def node_names(self) -> list[str]:
         return list(self._node_domain)
 
-    @property
-    def leaves(self) -> Mapping[DomainKey, list[str]]:
-        """The nodes of each lowest-level domain (read only)."""
-        return self._leaf_nodes
-
     # --- capacity -------------------------------------------------------------------------------
 
     def node_fits(
@@ -233,7 +228,11 @@ class TopologyGraph:
 
         Without ``constraints``/``flavor`` only schedulability filters nodes.
         """
-        counts: dict[DomainKey | str, int] = dict(self.node_fits(pod, constraints, flavor))
+        return self.domain_counts(self.node_fits(pod, constraints, flavor))
+
+    def domain_counts(self, per_node: Mapping[str, int]) -> dict[DomainKey | str, int]:
+        """Per-node pod counts (every node of the topology) with their sums per domain added."""
+        counts: dict[DomainKey | str, int] = dict(per_node)
         for leaf, names in self._leaf_nodes.items():
             n = min(sum(min(counts[name], UNLIMITED) for name in names), UNLIMITED)
             for depth in range(len(leaf), -1, -1):

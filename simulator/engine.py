@@ -167,11 +167,11 @@ class Simulation:
         """The snapshots' lists, rebuilt only after a change (None): a snapshot's lists are never
         mutated, so a cycle that changed nothing hands the next one the very same objects."""
         self._unplaced: dict[str, None] = {}
+        """Admitted workloads whose pods are not all bound yet (kube-scheduler's work), in admission order."""
         self._running = 0
         """Admitted workloads whose pods all started (kept by the transitions: sampled every instant)."""
         self._gpus_by_queue: dict[str, tuple[int, int]] = {}
         """(workloads, GPU milli) admitted per ClusterQueue (likewise; CPU-only ones count too)."""
-        """Admitted workloads whose pods are not all bound yet (kube-scheduler's work), in admission order."""
         self._reasons: dict[str, str] = {}
         """Pending reasons the cycles gave since the record was last written otherwise (applied
         to the records at the end: every cycle gives one per pending workload)."""
