@@ -137,7 +137,8 @@ class _Parked:
     candidate: Candidate | None = None
     preempt_seen: tuple[object, ...] | None = None
     """What its last preemption search, which found nothing, saw (`_Stamps.stamp`); None: it may
-    not preempt, or its search is due (it was parked in a cycle that admitted in its tree)."""
+    not preempt, or its search is due (the cycle that parked it admitted in its tree, or reached
+    its preemptors' limit before it)."""
     excluded: frozenset[str] = frozenset()
     """Nodes held for others it could not use when it was parked: it stays parked while they are."""
 
@@ -550,17 +551,14 @@ class TesseraPolicy:
                 entry.preempt_seen = seen(entry.candidate)
             memory.parked[key] = entry  # (a search not reached this cycle runs in the next)
         admitted_now = {a.key for a in decisions.admissions}
-        busy = {tree.root(a.cluster_queue).name for a in decisions.admissions}
         for cand in prepared.candidates:
             key = cand.key
             if key in admitted_now or key in held or cand.cluster_queue in strict:
                 continue
             may_preempt = self.preemption and _may_preempt(snapshot, cand)
-            due = False
-            if may_preempt and key not in searched:
-                if tree.root(cand.cluster_queue).name not in busy:
-                    continue  # not searched this cycle (too many preemptors before it)
-                due = True  # admissions here: its search runs in the next cycle, parked or not
+            # not searched in this cycle (admissions in its tree, or too many preemptors before
+            # it): parked with its search due, which runs in queue order in a later cycle
+            due = may_preempt and key not in searched
             wake = math.inf
             if cand.gpu_total() > 0 and aging_fraction(now - cand.queued_at, self.aging_threshold) < 1.0:
                 wake = cand.queued_at + self.aging_threshold
@@ -889,12 +887,14 @@ def _may_preempt(snapshot: Snapshot, cand: Candidate) -> bool:
 
 def _hopeless(placer: Placer, cand: Candidate) -> bool:
     """No cycle could admit ``cand`` from the placer's state: some podset has no option whose
-    quota at its lowest pod count fits on top of the usage, or whose nodes (reserved ones
-    included) hold that many of its pods. (Sufficient, not necessary: a cheap test.)"""
+    quota at its lowest pod count fits on top of the usage, or whose nodes (less those held for
+    workloads that outrank it) could hold that many of its pods, within one domain of a required
+    topology level. (Sufficient, not necessary: a cheap test.)"""
+    excluded = placer.excluded(cand)
     for ps in cand.podsets:
         if not any(
             placer.quota_fits(cand.cluster_queue, {fr: v * ps.lowest for fr, v in opt.per_pod_quota.items()})[0]
-            and placer.fit_total(ps.pod, opt, frozenset()) >= ps.lowest
+            and placer.could_hold(ps.pod, opt, excluded, ps.lowest)
             for opt in ps.options
         ):
             return True

@@ -236,6 +236,26 @@ class Placer:
             self._totals[key] = got
         return got
 
+    def could_hold(self, pod: PodRequest, opt: PodSetOption, excluded: frozenset[str], count: int) -> bool:
+        """Whether ``count`` pods like ``pod`` could bind on the option's allowed nodes now: in total,
+        and within one domain of a required topology level. Necessary for any placement of them
+        there (`place_podset`'s, Kueue's TAS), and cheap: one pass over node states."""
+        if self.fit_total(pod, opt, excluded) < count:
+            return False
+        if not opt.required or opt.topology is None or opt.level is None:
+            return True
+        key = ("domain", pod.items, opt.group, excluded, self.epoch)
+        best = self._totals.get(key)
+        if best is None:
+            per_node: dict[str, int] = {}
+            for sid, names in self.index(opt, excluded).by_state.items():
+                n = self._fit_state(pod, sid, next(iter(names)))
+                per_node.update(dict.fromkeys(names, n))
+            graph = self.graph(opt, excluded)
+            counts = graph.domain_counts(per_node)
+            best = self._totals[key] = max((counts[d] for d in graph.domains_at(opt.level)), default=0)
+        return best >= count
+
     def graph(self, opt: PodSetOption, excluded: frozenset[str]) -> TopologyGraph:
         """The option's topology over its allowed nodes (capacity read from the working cluster)."""
         assert opt.topology is not None

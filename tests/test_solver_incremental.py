@@ -253,6 +253,71 @@ def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(
     assert replays == [2, 2]
 
 
+def test_a_rack_gang_that_fits_no_rack_or_only_on_held_nodes_is_no_reason_to_replay_kueue(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free room spread over racks, or held for a workload that outranks it, admits nothing that
+    needs one rack: Kueue's cycle (its TAS also keeps a required podset in one domain, and its
+    placements may not use held nodes) is not replayed for it."""
+    from scheduler.solver_common import prepare
+    from scheduler.solver_place import Placer, Reservation
+    from test_solver import flavor, rack_nodes, topology
+
+    replays: list[int] = []
+    real = TesseraPolicy._kueue_baseline
+
+    def counted(self, snapshot, prepared, reservations, *rest):  # type: ignore[no-untyped-def]
+        replays.append(len(prepared.candidates))
+        return real(self, snapshot, prepared, reservations, *rest)
+
+    monkeypatch.setattr(TesseraPolicy, "_kueue_baseline", counted)
+    cluster = Cluster(rack_nodes(2, 2))
+    busy = [running(cluster, "x0", "r0n0", 8), running(cluster, "x1", "r1n0", 8)]  # a free node per rack
+
+    def snap_of(*pend: Pending) -> object:
+        return snapshot(cluster, [cq("cq", 64)], list(pend), flavors=[flavor(topology="dc")],
+                        topologies=[topology()], admitted=busy)
+
+    gang = Pending(workload("gang", 8, 2, topo=("required", "rack"), created=5.0), 5.0)
+    got = TesseraPolicy(incremental=False).schedule(snap_of(gang))
+    assert not got.admissions and replays == []  # 2 free nodes, but one per rack
+    # without the rack: the two free nodes might hold it (they do)
+    loose = Pending(workload("loose", 8, 2, created=5.0), 5.0)
+    got = TesseraPolicy(incremental=False).schedule(snap_of(loose))
+    assert [a.key for a in got.admissions] == ["default/loose"]
+    # held nodes: the one free node of rack r1 is held for an older workload, which outranks "one"
+    snap = snap_of(Pending(workload("one", 8, created=5.0), 5.0))
+    placer = Placer(snap, reservations=[Reservation("default/older", 0, 0.0, frozenset({"r1n1"}))])  # type: ignore[arg-type]
+    cand = prepare(snap).candidates[0]
+    opt = cand.podsets[0].options[0]
+    assert placer.could_hold(cand.podsets[0].pod, opt, placer.excluded(cand), 1)
+    assert not placer.could_hold(cand.podsets[0].pod, opt, placer.excluded(cand), 2)
+    assert placer.could_hold(cand.podsets[0].pod, opt, frozenset(), 2)
+
+
+def test_preemptors_past_the_cycle_limit_are_parked_with_their_search_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cycle searches for at most 16 preemptors; the ones after them are parked like the rest
+    (later cycles do not try to place them) and their searches run, in queue order, once fewer
+    are ahead of them. The decisions are those of a policy without parking."""
+    import scheduler.solver as solver
+
+    searches = _count_searches(monkeypatch)
+    cluster, admitted, shared, _ = _preemptor_world(quota=8)
+    many = [Pending(workload(f"p{i:02d}", 3, cpu=i + 1, priority=50, created=float(i)), float(i))
+            for i in range(solver.MAX_PREEMPTORS + 2)]  # all shapes differ: no search stands for another
+    policy, reference = TesseraPolicy(), TesseraPolicy(incremental=False)
+    snap = _snap(cluster, admitted, many, shared, 100.0)
+    first = policy.schedule(snap)
+    assert len(searches) == solver.MAX_PREEMPTORS
+    assert _decisions(first) == _decisions(reference.schedule(snap))
+    del searches[:]
+    snap = _snap(cluster, admitted, many[2:], shared, 101.0)  # two of the searched ones are gone
+    second = policy.schedule(snap)
+    assert second.stats.parked == len(many) - 2  # the two not searched yet are parked too
+    assert len(searches) == 2  # theirs run now; the others' would find nothing again
+    parked = set(policy._memory.parked) if policy._memory is not None else set()  # noqa: SLF001
+    assert _decisions(second, parked) == _decisions(reference.schedule(snap), parked)
+
+
 def test_reservations_are_remembered_until_the_cluster_changes(monkeypatch: pytest.MonkeyPatch) -> None:
     """An aged gang's reservation search runs again only when what it reads changed."""
     import scheduler.solver as solver
