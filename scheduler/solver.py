@@ -247,19 +247,20 @@ def _finalize(snapshot: Snapshot, admitted: Sequence[Placed]) -> tuple[list[Plac
 class TesseraPolicy:
     """The CP-SAT global packer (see the module docstring).
 
-    Incremental (``incremental=True``): a candidate a cycle could not admit, for which it reserved
-    nothing and whose preemption search found nothing, is *parked*: later cycles leave it out of
-    the greedy pass, the model and the backfill until capacity or quota may have been freed (a
-    workload released, a node uncordoned or added: `Cluster.releases`, the admitted set), nodes
-    held for others that it could not use are no longer held, the configuration objects change,
-    its pending object changes (requeue, nomination), it reaches its aging threshold (it may then
-    get a reservation) or a reservation is made for it. Admissions alone only take capacity, so it
-    still would not fit; its preemption search runs again when they could have given it something
-    to preempt (`_Stamps`). Kueue keeps inadmissible workloads aside the same way, and as there, a parked
-    workload keeps the pending reason of the cycle that parked it. Preparation and
-    reservations still see the whole pending set. StrictFIFO ClusterQueues are never parked (their
-    head blocks the rest). A policy object remembers one stream of snapshots (the snapshots'
-    objects are compared by identity): give each simulation its own.
+    Incremental (``incremental=True``): a candidate a cycle could not admit, whose preemption
+    search found nothing or did not run in that cycle (it is then due), and which is not a
+    preemptor waiting for its victims, is *parked*: later cycles leave it out of the greedy pass,
+    the model and the backfill until capacity or quota may have been freed (a workload released,
+    a node uncordoned or added: `Cluster.releases`, the admitted set), nodes held for others that
+    it could not use are no longer held, the configuration objects change, its pending object
+    changes (requeue, nomination), or it reaches its aging threshold. Admissions alone only take
+    capacity, and nodes held for it give it no room, so it still would not fit; its preemption
+    search runs again when admissions could have given it something to preempt (`_Stamps`).
+    Kueue keeps inadmissible workloads aside the same way, and as there, a parked workload keeps
+    the pending reason of the cycle that parked it (with its reservation's current note).
+    Preparation and reservations still see the whole pending set. StrictFIFO ClusterQueues are
+    never parked (their head blocks the rest). A policy object remembers one stream of snapshots
+    (the snapshots' objects are compared by identity): give each simulation its own.
     """
 
     name = "tessera"
@@ -367,8 +368,9 @@ class TesseraPolicy:
                 elif model.status != "EMPTY":
                     status += ": greedy fallback"
         decisions = self._decisions(snapshot, prepared, chosen, greedy, reservations)
+        notes = {r.key: _held_note(r) for r in reservations}
         for key, entry in parked.items():
-            decisions.pending[key] = entry.reason
+            decisions.pending[key] = entry.reason + notes.get(key, "")
         searched: dict[str, str] = {}
         stamps: _Stamps | None = None
         if self.preemption:
@@ -491,12 +493,12 @@ class TesseraPolicy:
         ):
             self._memory = None
             return {}
-        held = {r.key for r in reservations}
+        nominated = {r.key for r in reservations if r.nominated}
         now = snapshot.now
         out: dict[str, _Parked] = {}
         for cand in prepared.candidates:
             entry = memory.parked.get(cand.key)
-            if entry is None or entry.pending is not cand.pending or now >= entry.wake_at or cand.key in held:
+            if entry is None or entry.pending is not cand.pending or now >= entry.wake_at or cand.key in nominated:
                 continue
             if entry.excluded and not entry.excluded <= excluded_nodes(reservations, cand):
                 continue  # nodes it could not use are free for it now
@@ -541,7 +543,10 @@ class TesseraPolicy:
         def seen(cand: Candidate) -> tuple[object, ...] | None:
             return None if stamps is None else stamps.stamp(tree.root(cand.cluster_queue).name, searched[cand.key])
 
-        held = {r.key for r in reservations} | decisions.nominations.keys()
+        # an aged workload with nodes held for it is parked like the rest (holding nodes for it does
+        # not give it room); a preemptor waiting for its victims is not
+        held = {r.key for r in reservations if r.nominated} | decisions.nominations.keys()
+        notes = {r.key: _held_note(r) for r in reservations if not r.nominated}
         strict = {name for name, cq in snapshot.cluster_queues.items() if cq.spec.queueing_strategy == "StrictFIFO"}
         now = snapshot.now
         for key, entry in parked.items():
@@ -562,7 +567,8 @@ class TesseraPolicy:
             wake = math.inf
             if cand.gpu_total() > 0 and aging_fraction(now - cand.queued_at, self.aging_threshold) < 1.0:
                 wake = cand.queued_at + self.aging_threshold
-            memory.parked[key] = _Parked(cand.pending, decisions.pending.get(key, NOT_ADMITTED), wake, cand,
+            reason = decisions.pending.get(key, NOT_ADMITTED).removesuffix(notes.get(key, ""))
+            memory.parked[key] = _Parked(cand.pending, reason, wake, cand,
                                          seen(cand) if may_preempt and not due else None, excluded_nodes(reservations, cand))
         self._memory = memory
 
@@ -706,7 +712,7 @@ class TesseraPolicy:
             if key in greedy_keys and chosen is not greedy and not reason.startswith(NOT_ADMITTED):
                 reason = f"{NOT_ADMITTED} ({reason})"
             if key in held:
-                reason += f"; {len(held[key].nodes)} node(s) reserved for it ({held[key].note})"
+                reason += _held_note(held[key])
             decisions.pending[key] = reason
         return decisions
 
@@ -877,6 +883,11 @@ class TesseraPolicy:
         finally:
             placer.touch(touched | nodes)  # rolled back, or kept: either way these nodes changed
             placer.epoch += 1
+
+
+def _held_note(reservation: Reservation) -> str:
+    """What a pending reason adds for the workload nodes are held for."""
+    return f"; {len(reservation.nodes)} node(s) reserved for it ({reservation.note})"
 
 
 def _may_preempt(snapshot: Snapshot, cand: Candidate) -> bool:

@@ -108,7 +108,12 @@ def test_a_parked_workload_wakes_at_its_aging_threshold() -> None:
     policy.schedule(_snap(cluster, admitted, [big], shared, 100.0))
     assert policy.schedule(_snap(cluster, admitted, [big], shared, 999.0)).stats.parked == 1
     late = policy.schedule(_snap(cluster, admitted, [big], shared, 1000.0))
-    assert late.stats.parked == 0 and "reserved for it" in late.pending["default/big"]
+    assert late.stats.parked == 0 and "reserved for it (waiting 1000s)" in late.pending["default/big"]
+    # holding nodes for it gives it no room: it is parked again, its reason telling the wait so far
+    later = policy.schedule(_snap(cluster, admitted, [big], shared, 1500.0))
+    assert later.stats.parked == 1 and not later.admissions
+    assert later.pending["default/big"].endswith("1 node(s) reserved for it (waiting 1500s)")
+    assert later.pending["default/big"].count("reserved for it") == 1
 
 
 def _count_searches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
