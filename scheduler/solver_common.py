@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from quotas.api import ResourceFlavor, Topology
 from quotas.tree import QuotaTree
@@ -268,16 +268,19 @@ def _topology_of(flavor_names: Iterable[str], snapshot: Snapshot) -> tuple[str |
     return None, None
 
 
+_Options = tuple[list[tuple[PodSetOption, tuple[object, ...]]], list[str]]
+"""A podset's options, each with its placement group's key, and the reasons for the rest."""
+
+
 def _podset_options(
-    snapshot: Snapshot,
-    tree: QuotaTree,
-    cq: str,
-    ps: PodSetInfo,
-    node_sets: _NodeSets,
-    groups: dict[tuple[object, ...], int],
-    group_nodes: dict[int, tuple[str, ...]],
-) -> tuple[list[PodSetOption], list[str]]:
-    """Every admissible flavor combination of one podset, with the reasons for those left out."""
+    snapshot: Snapshot, tree: QuotaTree, cq: str, ps: PodSetInfo, node_sets: _NodeSets
+) -> _Options:
+    """Every admissible flavor combination of one podset, with the reasons for those left out.
+
+    It reads the configuration (quota tree, flavors, topologies) and the nodes' labels, taints
+    and schedulability, never free capacity or usage: `_lasting_options` keeps it across cycles.
+    The options' group ids are those of the first cycle that computed them (`_grouped` sets
+    this cycle's)."""
     node = tree.cluster_queue(cq)
     rgs = node.resource_groups
     resources = [r for r, _ in ps.requests.items]
@@ -315,7 +318,7 @@ def _podset_options(
         if not eligible:
             return [], reasons or [f"no flavor of ClusterQueue {cq} for {', '.join(per_group[gi])}"]
         choices.append(eligible)
-    options: list[PodSetOption] = []
+    options: list[tuple[PodSetOption, tuple[object, ...]]] = []
     for rank, combo in enumerate(itertools.islice(itertools.product(*choices), MAX_OPTIONS)):
         flavors = {r: combo[group_ids.index(group_of[r])] for r in resources}  # type: ignore[arg-type]
         per_pod: dict[FlavorResource, int] = {}
@@ -359,25 +362,47 @@ def _podset_options(
             reasons.append(f"no node of flavor {'/'.join(names)} matches podset {ps.name}'s node selector, affinity and tolerations")
             continue
         gkey = (ps.constraints, names, topology.name if topology is not None and level is not None else None)
-        gid = groups.get(gkey)
-        if gid is None:
-            gid = groups[gkey] = len(groups)
-            group_nodes[gid] = nodes
-        options.append(
+        options.append((
             PodSetOption(
                 index=len(options),
                 flavors=flavors,
                 per_pod_quota=per_pod,
-                group=gid,
+                group=-1,  # set by `_grouped`
                 nodes=nodes,
                 constraints=admitted,
                 topology=topology if level is not None else None,
                 level=level,
                 required=required and level is not None,
                 rank=rank,
-            )
-        )
+            ),
+            gkey,
+        ))
     return options, reasons
+
+
+def _lasting_options(snapshot: Snapshot, cluster: Cluster) -> dict[tuple[object, ...], _Options]:
+    """`_podset_options` results per ClusterQueue and podset shape, kept in `Cluster.shared`
+    (dropped with the node sets when labels, taints or schedulability change) while the
+    snapshot's quota tree, flavors and topologies are the same objects."""
+    world = (snapshot.tree, snapshot.flavors, snapshot.topologies)
+    kept = cluster.shared.get("solver_options")
+    if kept is None or len(kept[1]) > NODE_SETS_LIMIT or any(a is not b for a, b in zip(kept[0], world)):
+        kept = cluster.shared["solver_options"] = (world, {})
+    return kept[1]
+
+
+def _grouped(options: _Options, groups: dict[tuple[object, ...], int], group_nodes: dict[int, tuple[str, ...]]) -> tuple[list[PodSetOption], list[str]]:
+    """The options with this cycle's placement group ids, numbered in order of first use."""
+    out: list[PodSetOption] = []
+    for opt, gkey in options[0]:
+        gid = groups.get(gkey)
+        if gid is None:
+            gid = groups[gkey] = len(groups)
+            group_nodes[gid] = opt.nodes
+        if opt.group != gid:
+            opt = replace(opt, group=gid)
+        out.append(opt)
+    return out, options[1]
 
 
 def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
@@ -392,6 +417,7 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
     # Pending sets repeat a few podset shapes many times (replicas of one Job template, a team's
     # usual sizes): their options are computed once per ClusterQueue and shape, and shared.
     option_memo: dict[tuple[object, ...], tuple[list[PodSetOption], list[str]]] = {}
+    lasting = _lasting_options(snapshot, cluster)
     for pending in queue_order(snapshot):
         wl = pending.workload
         key = pending.key
@@ -433,9 +459,10 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
             shape = (cq, ps.name, ps.count, ps.min_count, ps.requests, ps.constraints, ps.topology)
             memo = option_memo.get(shape)
             if memo is None:
-                memo = option_memo[shape] = _podset_options(
-                    snapshot, tree, cq, ps, node_sets, prepared.groups, prepared.group_nodes
-                )
+                found = lasting.get(shape)
+                if found is None:
+                    found = lasting[shape] = _podset_options(snapshot, tree, cq, ps, node_sets)
+                memo = option_memo[shape] = _grouped(found, prepared.groups, prepared.group_nodes)
             options, reasons = memo
             if not options:
                 why = f"couldn't assign flavors to pod set {ps.name}: {'; '.join(sorted(set(reasons))) or 'no flavor'}"

@@ -12,6 +12,7 @@ has a reason.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -632,3 +633,32 @@ def test_reason_for_capacity_taken_by_better_packing() -> None:
     d = run(snap)
     assert admitted_keys(d) == ["y", "z"]
     assert d.pending["default/x"].startswith(NOT_ADMITTED)
+
+
+def test_podset_options_are_kept_across_cycles_with_this_cycles_group_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Options depend on the configuration and node labels only: a later cycle on the same
+    objects reuses them, and numbers the placement groups in its own order of first use, as a
+    cycle computing everything afresh does."""
+    import scheduler.solver_common as common
+
+    computed: list[str] = []
+    real = common._podset_options
+
+    def counted(snapshot, tree, cq, ps, node_sets):  # type: ignore[no-untyped-def]
+        computed.append(ps.name if ps.constraints.node_selector == () else "pinned")
+        return real(snapshot, tree, cq, ps, node_sets)
+
+    monkeypatch.setattr(common, "_podset_options", counted)
+    cluster = Cluster([node("n1", labels={"zone": "a"}), node("n2", labels={"zone": "b"})])
+    pinned = workload("pinned", 1, created=1.0, constraints=NodeConstraints(node_selector=(("zone", "b"),)))
+    first = snapshot(cluster, [cq("cq")], pending(workload("plain", 1, created=2.0)))
+    common.prepare(first)
+    assert computed == ["main"]
+    later = replace(first, pending=pending(pinned, workload("plain", 1, created=2.0)))
+    got = common.prepare(later)
+    assert computed == ["main", "pinned"]  # the plain shape's options were kept
+    cluster.shared.pop("solver_options")
+    fresh = common.prepare(later)
+    assert got.groups == fresh.groups and got.group_nodes == fresh.group_nodes
+    assert [[o.group for ps in c.podsets for o in ps.options] for c in got.candidates] == [[0], [1]]
+    assert [[o.group for ps in c.podsets for o in ps.options] for c in fresh.candidates] == [[0], [1]]
