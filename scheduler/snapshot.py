@@ -127,6 +127,15 @@ class Snapshot:
     """Labels per namespace, for ClusterQueues' `namespaceSelector` (every namespace also
     carries `kubernetes.io/metadata.name`, as Kubernetes sets it)."""
 
+    @property
+    def admitted_keys(self) -> frozenset[str]:
+        """The keys of the admitted workloads (cached for the list object: a cycle asks several
+        times; a list is replaced, never changed in place)."""
+        got = self.__dict__.get("_admitted_keys")
+        if got is None or got[0] is not self.admitted:
+            got = self.__dict__["_admitted_keys"] = (self.admitted, frozenset(a.key for a in self.admitted))
+        return got[1]
+
     def cluster_queue_of(self, workload: WorkloadInfo) -> str | None:
         """The ClusterQueue behind a workload's LocalQueue, or None when the LocalQueue is unknown."""
         if workload.cluster_queue:

@@ -489,7 +489,7 @@ class TesseraPolicy:
             len(inputs) != len(memory.inputs)
             or any(a is not b for a, b in zip(inputs, memory.inputs))
             or snapshot.cluster.releases != memory.releases
-            or not memory.admitted <= {a.key for a in snapshot.admitted}
+            or not memory.admitted <= snapshot.admitted_keys
         ):
             self._memory = None
             return {}
@@ -534,7 +534,7 @@ class TesseraPolicy:
                   reservations: Sequence[Reservation], parked: Mapping[str, _Parked], searched: Mapping[str, str],
                   stamps: _Stamps | None) -> None:
         """Park what this cycle left pending and nothing but a release can change (``snapshot``: the whole one)."""
-        admitted = frozenset(a.key for a in snapshot.admitted) | {a.key for a in decisions.admissions}
+        admitted = snapshot.admitted_keys | {a.key for a in decisions.admissions}
         memory = _Memory(_inputs(snapshot), snapshot.cluster.releases, admitted)
         if stamps is not None:
             memory.admissions, memory.epochs, memory.borrowing = stamps.after, stamps.epochs, stamps.over
@@ -842,6 +842,8 @@ class TesseraPolicy:
     def _renominate(snapshot: Snapshot, decisions: Decisions) -> None:
         """Keep holding a preemptor's nominated nodes while a victim still occupies them (its pods
         are terminating); once they are free, the nomination lasts the one cycle that admits it."""
+        if not any(p.nominated_nodes for p in snapshot.pending):
+            return
         admitted = {a.key for a in decisions.admissions}
         evicting = {b.node for a in snapshot.admitted if a.evicted for b in a.bindings}
         for pending in snapshot.pending:

@@ -412,7 +412,7 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
     node_sets = _NodeSets(cluster, snapshot.flavors)
     prepared = Prepared([], {})
     strict_blocked: dict[str, str] = {}
-    running = {a.key for a in snapshot.admitted}
+    running = snapshot.admitted_keys
     namespace_labels = snapshot.namespace_labels
     # Pending sets repeat a few podset shapes many times (replicas of one Job template, a team's
     # usual sizes): their options are computed once per ClusterQueue and shape, and shared.
