@@ -15,7 +15,7 @@ scheduler and the simulator can try what-ifs by keeping the old snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -124,59 +124,56 @@ class Usage:
     def admit(self, cluster_queue: NodeRef, amounts: Mapping[FlavorResource, int]) -> Usage:
         """The usage after ClusterQueue ``cluster_queue`` reserves ``amounts`` (no fit check:
         ask :meth:`QuotaTree.fits` first; Kueue also accounts overadmission this way)."""
-
-        def reserve(n: Node, cur: dict[FlavorResource, int], fr: FlavorResource, val: int) -> int:
-            used = cur.get(fr, 0)
-            local = max(0, n.guaranteed.get(fr, 0) - used)
-            cur[fr] = used + val
-            return 0 if val <= local else val - local  # what the node's guarantee cannot hold moves up
-
-        return self._walk(cluster_queue, amounts, reserve)
-
-    def release(self, cluster_queue: NodeRef, amounts: Mapping[FlavorResource, int]) -> Usage:
-        """The usage after ClusterQueue ``cluster_queue`` frees ``amounts`` (the inverse of :meth:`admit`)."""
-
-        def free(n: Node, cur: dict[FlavorResource, int], fr: FlavorResource, val: int) -> int:
-            used = cur.get(fr, 0)
-            if used < val:
-                raise ValueError(f"{n!r} releases {val} of {fr} but uses only {used}")
-            stored_in_parent = used - n.guaranteed.get(fr, 0)
-            if used == val:
-                del cur[fr]
-            else:
-                cur[fr] = used - val
-            return 0 if stored_in_parent <= 0 else min(val, stored_in_parent)
-
-        return self._walk(cluster_queue, amounts, free)
-
-    def _walk(
-        self,
-        cluster_queue: NodeRef,
-        amounts: Mapping[FlavorResource, int],
-        step: Callable[[Node, dict[FlavorResource, int], FlavorResource, int], int],
-    ) -> Usage:
-        """Carry each amount from the ClusterQueue towards the root, copying only the nodes it
-        changes; ``step`` updates one node and returns what moves on to its parent (0: stop)."""
-        node = self.tree.node(cluster_queue)
-        if not node.is_cluster_queue:
-            raise ValueError(f"{node!r} is not a ClusterQueue")
-        nodes = self.tree.nodes
-        new = list(self._by_node)
-        copies: dict[int, dict[FlavorResource, int]] = {}
+        path, new, copied = self._start(cluster_queue)
         for fr, val in amounts.items():
             if val < 0:
                 raise ValueError(f"negative amount {val} for {fr}")
-            n = node
-            while val > 0:
-                cur = copies.get(n.id)
-                if cur is None:
-                    cur = copies[n.id] = dict(new[n.id])
-                    new[n.id] = cur
-                val = step(n, cur, fr, val)
-                if n.parent is None:
+            for n in path:  # what the node's guarantee cannot hold moves up
+                if val <= 0:
                     break
-                n = nodes[n.parent]
+                i = n.id
+                cur = new[i]
+                if i not in copied:
+                    cur = new[i] = dict(cur)
+                    copied.add(i)
+                used = cur.get(fr, 0)
+                local = n.guaranteed.get(fr, 0) - used
+                cur[fr] = used + val
+                val = 0 if val <= local else val - max(0, local)
         return Usage(self.tree, tuple(new))
+
+    def release(self, cluster_queue: NodeRef, amounts: Mapping[FlavorResource, int]) -> Usage:
+        """The usage after ClusterQueue ``cluster_queue`` frees ``amounts`` (the inverse of :meth:`admit`)."""
+        path, new, copied = self._start(cluster_queue)
+        for fr, val in amounts.items():
+            if val < 0:
+                raise ValueError(f"negative amount {val} for {fr}")
+            for n in path:  # what the node stored in its parent comes back down
+                if val <= 0:
+                    break
+                i = n.id
+                cur = new[i]
+                if i not in copied:
+                    cur = new[i] = dict(cur)
+                    copied.add(i)
+                used = cur.get(fr, 0)
+                if used < val:
+                    raise ValueError(f"{n!r} releases {val} of {fr} but uses only {used}")
+                stored_in_parent = used - n.guaranteed.get(fr, 0)
+                if used == val:
+                    del cur[fr]
+                else:
+                    cur[fr] = used - val
+                val = 0 if stored_in_parent <= 0 else min(val, stored_in_parent)
+        return Usage(self.tree, tuple(new))
+
+    def _start(self, cluster_queue: NodeRef) -> tuple[tuple[Node, ...], list[Mapping[FlavorResource, int]], set[int]]:
+        """(the ClusterQueue's path to the root, the per-node mappings to change, ids copied so
+        far): a transition copies only the nodes it changes and shares everything else."""
+        node = self.tree.node(cluster_queue)
+        if not node.is_cluster_queue:
+            raise ValueError(f"{node!r} is not a ClusterQueue")
+        return self.tree.path_to_root(node), list(self._by_node), set()
 
     def admit_many(self, admitted: Iterable[tuple[str, Mapping[FlavorResource, int]]]) -> Usage:
         usage = self
