@@ -782,8 +782,12 @@ class TesseraPolicy:
             if pool is None:
                 by_key = {a.key: a for a in snapshot.admitted}
                 pool = VictimPool(a.as_candidate() for a in snapshot.admitted)
-            probe = Preemptor(cand.key, cand.cluster_queue, cand.priority, {}, cand.queued_at)
-            oracle = preemption_oracle(tree, usage, probe, pool, fair_sharing=fair)
+            oracle = None
+            if any(len(ps.options) > 1 for ps in cand.podsets):
+                # the oracle only ranks flavors: with one option per podset (one eligible flavor
+                # per resource group) the assignment is the same without it, and so is the search
+                probe = Preemptor(cand.key, cand.cluster_queue, cand.priority, {}, cand.queued_at)
+                oracle = preemption_oracle(tree, usage, probe, pool, fair_sharing=fair)
             assignment = assign_flavors(
                 tree,
                 usage,

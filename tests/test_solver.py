@@ -543,6 +543,30 @@ def test_identical_preemptors_each_get_a_victim_and_identical_losers_each_a_reas
     assert set(d.nominations) == {"default/high0", "default/high1"}
 
 
+def test_the_preemption_oracle_ranks_flavors_only_when_there_is_a_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one flavor option the assignment is the same without the oracle's searches, so they
+    do not run; with two, they do (they pick the flavor whose victims Kueue would prefer)."""
+    import scheduler.solver as solver
+
+    calls: list[str] = []
+    real = solver.preemption_oracle
+
+    def counted(tree, usage, preemptor, pool, **kw):  # type: ignore[no-untyped-def]
+        calls.append(preemptor.key)
+        return real(tree, usage, preemptor, pool, **kw)
+
+    monkeypatch.setattr(solver, "preemption_oracle", counted)
+    d = run(_preemption_case("LowerPriority"))
+    assert [p.key for p in d.preemptions] == ["default/low"] and calls == []
+    cluster = Cluster([node("a0", labels={"gpu": "a100"}), node("h0", labels={"gpu": "h100"})])
+    lows = [running(cluster, "xa", "a0", 8, flavor_name="a100"), running(cluster, "xh", "h0", 8, flavor_name="h100")]
+    snap = snapshot(cluster, [cq("cq", 8, flavors=("a100", "h100"), preemption={"withinClusterQueue": "LowerPriority"})],
+                    pending(workload("high", 8, priority=100, created=50)),
+                    flavors=[flavor("a100", {"gpu": "a100"}), flavor("h100", {"gpu": "h100"})], admitted=lows)
+    d = run(snap)
+    assert [p.key for p in d.preemptions] == ["default/xa"] and calls == ["default/high"]
+
+
 def test_reclaim_within_cohort() -> None:
     cluster = Cluster([node("n0")])
     lender_use = running(cluster, "borrower", "n0", 8, priority=0, queue="team-b")
