@@ -551,6 +551,9 @@ def find_victims(
     else:
         frs = frozenset(needs_preemption)
     pool = admitted if isinstance(admitted, VictimPool) else VictimPool(admitted)
+    # the FlavorResources short of quota first: the many fit checks of a search fail fast on them
+    request = {**{fr: v for fr, v in preemptor.request.items() if fr in frs}, **preemptor.request}
+    preemptor = replace(preemptor, request=request)
     ctx = _Context(tree, usage, preemptor, node, node.cluster_queue.spec.preemption, frs, pool)
     if isinstance(fair_sharing, bool):
         enabled, strategies = fair_sharing, None

@@ -181,6 +181,7 @@ class Placer:
         self._totals: dict[tuple[object, ...], int] = {}
         self._indexes: dict[tuple[object, ...], _StateIndex] = {}
         self._graphs: dict[tuple[object, ...], TopologyGraph] = {}
+        self._domains: dict[tuple[object, ...], Mapping[object, int]] = {}
         self._failures: dict[tuple[object, ...], str] = {}  # per epoch: nothing was bound since
 
     # --- capacity -------------------------------------------------------------------------
@@ -244,17 +245,24 @@ class Placer:
             return False
         if not opt.required or opt.topology is None or opt.level is None:
             return True
-        key = ("domain", pod.items, opt.group, excluded, self.epoch)
-        best = self._totals.get(key)
-        if best is None:
+        counts = self.domain_counts(pod, opt, excluded)
+        return any(counts[d] >= count for d in self.graph(opt, excluded).domains_at(opt.level))
+
+    def domain_counts(self, pod: PodRequest, opt: PodSetOption, excluded: frozenset[str]) -> Mapping[object, int]:
+        """Kueue TAS's counts for the option's topology over its allowed nodes: pods like ``pod``
+        that fit per node and per domain now. From the node states (one fit count per state, not
+        per node), remembered until the cluster changes."""
+        key = (pod.items, opt.group, excluded, self.cluster.version)
+        got = self._domains.get(key)
+        if got is None:
             per_node: dict[str, int] = {}
-            for sid, names in self.index(opt, excluded).by_state.items():
-                n = self._fit_state(pod, sid, next(iter(names)))
-                per_node.update(dict.fromkeys(names, n))
-            graph = self.graph(opt, excluded)
-            counts = graph.domain_counts(per_node)
-            best = self._totals[key] = max((counts[d] for d in graph.domains_at(opt.level)), default=0)
-        return best >= count
+            nodes = self.cluster.nodes
+            for names in self.index(opt, excluded).by_state.values():
+                per_node.update(dict.fromkeys(names, self.cluster.fit_count(nodes[next(iter(names))], pod)))
+            if len(self._domains) > 1000:
+                self._domains.clear()
+            got = self._domains[key] = self.graph(opt, excluded).domain_counts(per_node)
+        return got
 
     def graph(self, opt: PodSetOption, excluded: frozenset[str]) -> TopologyGraph:
         """The option's topology over its allowed nodes (capacity read from the working cluster)."""
@@ -364,7 +372,7 @@ class Placer:
             return _Attempt(reason=reason)
         if opt.topology is not None and opt.level is not None:
             graph = self.graph(opt, excluded)
-            result = graph.assign(count, opt.level, opt.required, pod, constraints=opt.constraints)
+            result = graph.assign(count, opt.level, opt.required, pod, counts=self.domain_counts(pod, opt, excluded))
             if not result:
                 reason = f"podset {ps.info.name}: {result.reason}"
                 self._failures[memo] = reason
