@@ -106,6 +106,10 @@ class Pending:
         return self.workload.key
 
 
+_last_admitted_keys: tuple[list[Admitted], frozenset[str]] | None = None
+"""`Snapshot.admitted_keys` of the last list asked about."""
+
+
 @dataclass
 class Snapshot:
     """The whole input of one cycle; see the module docstring."""
@@ -129,11 +133,13 @@ class Snapshot:
 
     @property
     def admitted_keys(self) -> frozenset[str]:
-        """The keys of the admitted workloads (cached for the list object: a cycle asks several
-        times; a list is replaced, never changed in place)."""
-        got = self.__dict__.get("_admitted_keys")
+        """The keys of the admitted workloads, cached for the list object (a list is replaced,
+        never changed in place): a cycle asks several times, and the simulator hands the same
+        list to every cycle until a workload is admitted or leaves."""
+        global _last_admitted_keys
+        got = _last_admitted_keys
         if got is None or got[0] is not self.admitted:
-            got = self.__dict__["_admitted_keys"] = (self.admitted, frozenset(a.key for a in self.admitted))
+            got = _last_admitted_keys = (self.admitted, frozenset(a.key for a in self.admitted))
         return got[1]
 
     def cluster_queue_of(self, workload: WorkloadInfo) -> str | None:

@@ -279,8 +279,8 @@ def _podset_options(
 
     It reads the configuration (quota tree, flavors, topologies) and the nodes' labels, taints
     and schedulability, never free capacity or usage: `_lasting_options` keeps it across cycles.
-    The options' group ids are those of the first cycle that computed them (`_grouped` sets
-    this cycle's)."""
+    The options' group ids are those of the last cycle that used them (`_grouped` sets this
+    cycle's)."""
     node = tree.cluster_queue(cq)
     rgs = node.resource_groups
     resources = [r for r, _ in ps.requests.items]
@@ -391,9 +391,11 @@ def _lasting_options(snapshot: Snapshot, cluster: Cluster) -> dict[tuple[object,
     return kept[1]
 
 
-def _grouped(options: _Options, groups: dict[tuple[object, ...], int], group_nodes: dict[int, tuple[str, ...]]) -> tuple[list[PodSetOption], list[str]]:
-    """The options with this cycle's placement group ids, numbered in order of first use."""
-    out: list[PodSetOption] = []
+def _grouped(options: _Options, groups: dict[tuple[object, ...], int], group_nodes: dict[int, tuple[str, ...]]) -> _Options:
+    """The options with this cycle's placement group ids, numbered in order of first use (the
+    same objects when the ids are those they carry: consecutive cycles mostly number alike)."""
+    out: list[tuple[PodSetOption, tuple[object, ...]]] = []
+    changed = False
     for opt, gkey in options[0]:
         gid = groups.get(gkey)
         if gid is None:
@@ -401,8 +403,9 @@ def _grouped(options: _Options, groups: dict[tuple[object, ...], int], group_nod
             group_nodes[gid] = opt.nodes
         if opt.group != gid:
             opt = replace(opt, group=gid)
-        out.append(opt)
-    return out, options[1]
+            changed = True
+        out.append((opt, gkey))
+    return (out, options[1]) if changed else options
 
 
 def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
@@ -416,7 +419,7 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
     namespace_labels = snapshot.namespace_labels
     # Pending sets repeat a few podset shapes many times (replicas of one Job template, a team's
     # usual sizes): their options are computed once per ClusterQueue and shape, and shared.
-    option_memo: dict[tuple[object, ...], tuple[list[PodSetOption], list[str]]] = {}
+    option_memo: dict[tuple[object, ...], tuple[list[PodSetOption], list[str], int]] = {}
     lasting = _lasting_options(snapshot, cluster)
     for pending in queue_order(snapshot):
         wl = pending.workload
@@ -461,13 +464,14 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
             if memo is None:
                 found = lasting.get(shape)
                 if found is None:
-                    found = lasting[shape] = _podset_options(snapshot, tree, cq, ps, node_sets)
-                memo = option_memo[shape] = _grouped(found, prepared.groups, prepared.group_nodes)
-            options, reasons = memo
+                    found = _podset_options(snapshot, tree, cq, ps, node_sets)
+                found = lasting[shape] = _grouped(found, prepared.groups, prepared.group_nodes)
+                memo = option_memo[shape] = ([o for o, _ in found[0]], found[1], gpu_milli(ps.requests, cluster.accelerators))
+            options, reasons, gpu = memo
             if not options:
                 why = f"couldn't assign flavors to pod set {ps.name}: {'; '.join(sorted(set(reasons))) or 'no flavor'}"
                 break
-            podsets.append(PodSetCandidate(i, ps, ps.requests, options, gpu_milli(ps.requests, cluster.accelerators)))
+            podsets.append(PodSetCandidate(i, ps, ps.requests, options, gpu))
             for opt in options:
                 if opt.topology is not None and opt.level is not None:
                     name = opt.topology.name
