@@ -230,10 +230,8 @@ def test_a_cycle_that_admits_in_one_quota_tree_still_preempts_in_another() -> No
     assert [(p.key, p.preemptor) for p in got.preemptions] == [("default/a-low", "default/a-high")]
 
 
-def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing fits (quota or total capacity short at the lowest count): no cycle admits anything
-    from this state, so Kueue's cycle is not replayed; when the greedy leaves out a workload
-    that could fit, it is."""
+def _count_replays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The candidates of every replay of Kueue's cycle inside a tessera cycle."""
     replays: list[int] = []
     real = TesseraPolicy._kueue_baseline
 
@@ -242,6 +240,14 @@ def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(
         return real(self, snapshot, prepared, reservations, *rest)
 
     monkeypatch.setattr(TesseraPolicy, "_kueue_baseline", counted)
+    return replays
+
+
+def test_the_kueue_baseline_is_replayed_only_when_someone_could_admit_something(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing fits (quota or total capacity short at the lowest count): no cycle admits anything
+    from this state, so Kueue's cycle is not replayed; when the greedy leaves out a workload
+    that could fit, it is."""
+    replays = _count_replays(monkeypatch)
     cluster, admitted, shared = _world()  # 2 of 8 GPUs free
     hopeless = [Pending(workload("too-big", 4), 0.0), Pending(workload("over-quota", 2, pods=6, min_count=6), 0.0)]
     got = TesseraPolicy(incremental=False).schedule(_snap(cluster, admitted, hopeless, shared, 100.0))
@@ -267,14 +273,7 @@ def test_a_rack_gang_that_fits_no_rack_or_only_on_held_nodes_is_no_reason_to_rep
     from scheduler.solver_place import Placer, Reservation
     from test_solver import flavor, rack_nodes, topology
 
-    replays: list[int] = []
-    real = TesseraPolicy._kueue_baseline
-
-    def counted(self, snapshot, prepared, reservations, *rest):  # type: ignore[no-untyped-def]
-        replays.append(len(prepared.candidates))
-        return real(self, snapshot, prepared, reservations, *rest)
-
-    monkeypatch.setattr(TesseraPolicy, "_kueue_baseline", counted)
+    replays = _count_replays(monkeypatch)
     cluster = Cluster(rack_nodes(2, 2))
     busy = [running(cluster, "x0", "r0n0", 8), running(cluster, "x1", "r1n0", 8)]  # a free node per rack
 
