@@ -28,6 +28,7 @@ A cycle (see docs/solver.md for the full description):
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -660,15 +661,17 @@ class TesseraPolicy:
                     if fits is None:
                         fits = by_state[sid] = probe.fit(n, ps.pod)
                     fit_now[n] = fits
-                members = sorted(members, key=lambda n: (-fit_now[n], -empty_fit[n], n))
+                # the nodes that could hold pods, most room now first: each holds at least one, so
+                # the first ``count`` of that order are all a pick can need
+                first = heapq.nsmallest(ps.count, (n for n in members if empty_fit[n] > 0),
+                                        key=lambda n: (-fit_now[n], -empty_fit[n], n))
                 pick: list[str] = []
                 room = 0
-                for n in members:
+                for n in first:
                     if room >= ps.count:
                         break
-                    if empty_fit[n] > 0:
-                        pick.append(n)
-                        room += empty_fit[n]
+                    pick.append(n)
+                    room += empty_fit[n]
                 score = (sum(min(fit_now[n], empty_fit[n]) for n in pick), -len(pick))
                 if best_score is None or score > best_score:
                     best, best_score = pick, score
