@@ -421,6 +421,7 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
     # usual sizes): their options are computed once per ClusterQueue and shape, and shared.
     option_memo: dict[tuple[object, ...], tuple[list[PodSetOption], list[str], int]] = {}
     lasting = _lasting_options(snapshot, cluster)
+    namespaces: dict[tuple[str, str], str] = {}  # (ClusterQueue, namespace): why not selected ("": selected)
     for pending in queue_order(snapshot):
         wl = pending.workload
         key = pending.key
@@ -445,11 +446,16 @@ def prepare(snapshot: Snapshot, cluster: Cluster | None = None) -> Prepared:
         if spec.stop_policy != "None":
             prepared.reasons[key] = f"ClusterQueue {cq} is stopped (stopPolicy {spec.stop_policy})"
             continue
-        selector = spec.namespace_selector
-        labels = {**namespace_labels.get(wl.namespace, {}), "kubernetes.io/metadata.name": wl.namespace}
-        if selector is None or not selector.matches(labels):
-            why = "it has no namespaceSelector, which selects no namespace" if selector is None else f"namespace {wl.namespace} does not match its namespaceSelector"
-            prepared.reasons[key] = f"namespace not selected by ClusterQueue {cq}: {why}"
+        selected = namespaces.get((cq, wl.namespace))
+        if selected is None:
+            selector = spec.namespace_selector
+            labels = {**namespace_labels.get(wl.namespace, {}), "kubernetes.io/metadata.name": wl.namespace}
+            selected = namespaces[(cq, wl.namespace)] = (
+                "it has no namespaceSelector, which selects no namespace" if selector is None
+                else "" if selector.matches(labels) else f"namespace {wl.namespace} does not match its namespaceSelector"
+            )
+        if selected:
+            prepared.reasons[key] = f"namespace not selected by ClusterQueue {cq}: {selected}"
             continue
         if cq in strict_blocked:
             prepared.blocked_strict[key] = strict_blocked[cq]
