@@ -643,10 +643,8 @@ class TesseraPolicy:
             return []
         taken = set(probe.excluded(cand))
         nodes: list[str] = []
-        live = probe.cluster.nodes
         for ps, opt in chosen:
             empty_fit, all_pools = _empty_pools(snapshot.cluster, ps.pod, opt)
-            by_state: dict[int, int] = {}  # pods that fit now, per node state
             best: list[str] | None = None
             best_score: tuple[int, int] | None = None
             for _, members in all_pools:
@@ -654,13 +652,7 @@ class TesseraPolicy:
                     members = [n for n in members if n not in taken]
                 if sum(empty_fit[n] for n in members) < ps.count:
                     continue
-                fit_now: dict[str, int] = {}
-                for n in members:
-                    sid = live[n].state_id
-                    fits = by_state.get(sid)
-                    if fits is None:
-                        fits = by_state[sid] = probe.fit(n, ps.pod)
-                    fit_now[n] = fits
+                fit_now = {n: probe.fit(n, ps.pod) for n in members}  # (memoised per node state)
                 # the nodes that could hold pods, most room now first: each holds at least one, so
                 # the first ``count`` of that order are all a pick can need
                 first = heapq.nsmallest(ps.count, (n for n in members if empty_fit[n] > 0),
