@@ -117,6 +117,10 @@ class _Tree:
                 self.by_level[depth].append(vertex)
         for keys in self.by_level:
             keys.sort()
+        self.child_domains: list[list[tuple[DomainKey, list[DomainKey]]]] = [
+            [(key, list(self.graph.successors(key))) for key in keys] for keys in self.by_level[:-1]
+        ]
+        """Per level above the lowest: each domain with its child domains (sums go up the tree)."""
 
 
 class TopologyGraph:
@@ -151,6 +155,7 @@ class TopologyGraph:
         self._leaf_nodes: dict[DomainKey, list[str]] = tree.leaf_nodes
         self._node_domain: dict[str, DomainKey] = tree.node_domain
         self._by_level: list[list[DomainKey]] = tree.by_level
+        self._child_domains = tree.child_domains
 
     @classmethod
     def for_flavor(cls, cluster: Cluster, topology: Topology, flavor: ResourceFlavor, gpu_resource: str = GPU_RESOURCE) -> TopologyGraph:
@@ -231,17 +236,18 @@ class TopologyGraph:
         return self.domain_counts(self.node_fits(pod, constraints, flavor))
 
     def domain_counts(self, per_node: Mapping[str, int]) -> dict[DomainKey | str, int]:
-        """Per-node pod counts (every node of the topology) with their sums per domain added."""
+        """Per-node pod counts (every node of the topology) with their sums per domain added.
+
+        Summed bottom-up, each domain from its children: a cycle on a large cluster asks for
+        these counts often, and one pass per level is far cheaper than one per leaf and ancestor."""
         counts: dict[DomainKey | str, int] = dict(per_node)
+        get = counts.__getitem__
         for leaf, names in self._leaf_nodes.items():
-            n = min(sum(min(counts[name], UNLIMITED) for name in names), UNLIMITED)
-            for depth in range(len(leaf), -1, -1):
-                key = leaf[:depth]
-                counts[key] = min(counts.get(key, 0) + n, UNLIMITED)
-        for keys in self._by_level:
-            for key in keys:
-                counts.setdefault(key, 0)
-        counts.setdefault(ROOT, 0)
+            counts[leaf] = min(sum(map(get, names)), UNLIMITED)
+        for level in reversed(self._child_domains):
+            for key, children in level:
+                counts[key] = min(sum(map(get, children)), UNLIMITED)
+        counts[ROOT] = min(sum(counts[key] for key in self._by_level[0]), UNLIMITED)
         return counts
 
     def pods_that_fit(

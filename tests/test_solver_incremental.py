@@ -352,3 +352,33 @@ def test_reservations_are_remembered_until_the_cluster_changes(monkeypatch: pyte
     released = replace(first, now=4400.0, admitted=[x], usage=first.usage.release("cq", dict(y.usage)))
     policy.schedule(released)
     assert searched == ["default/gang"] * 3
+
+
+def test_a_state_index_without_held_nodes_matches_one_built_from_scratch_and_stays_in_step() -> None:
+    """`Placer.index` with nodes left out copies the option's whole index instead of reading every
+    node's state again: the result is the index of the nodes left, and binds keep both current."""
+    from scheduler.solver_common import prepare
+    from scheduler.solver_place import Placer, _StateIndex
+    from test_solver import flavor, rack_nodes, topology
+
+    cluster = Cluster(rack_nodes(2, 3))
+    busy = [running(cluster, "x0", "r0n0", 8), running(cluster, "x1", "r1n2", 4)]
+    snap = snapshot(cluster, [cq("cq", 64)], [Pending(workload("one", 2), 0.0)], flavors=[flavor(topology="dc")],
+                    topologies=[topology()], admitted=busy)
+    cand = prepare(snap).candidates[0]
+    pod, opt = cand.podsets[0].pod, cand.podsets[0].options[0]
+    placer = Placer(snap)
+    held = frozenset({"r0n1", "r1n0"})
+
+    def same(idx: _StateIndex, names: list[str]) -> None:
+        fresh = _StateIndex(names, placer.cluster)
+        assert idx.state_of == fresh.state_of and list(idx.state_of) == list(fresh.state_of)
+        assert idx.by_state == fresh.by_state
+
+    whole, rest = placer.index(opt, frozenset()), placer.index(opt, held)
+    same(rest, [n for n in opt.nodes if n not in held])
+    got = placer.try_admit(cand)
+    assert not isinstance(got, str)
+    same(whole, list(opt.nodes))
+    same(rest, [n for n in opt.nodes if n not in held])
+    assert placer.fit_total(pod, opt, held) == sum(placer.fit(n, pod) for n in opt.nodes if n not in held)
