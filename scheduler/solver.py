@@ -643,28 +643,37 @@ class TesseraPolicy:
             return []
         taken = set(probe.excluded(cand))
         nodes: list[str] = []
+        info = probe.cluster.nodes
         for ps, opt in chosen:
             empty_fit, all_pools = _empty_pools(snapshot.cluster, ps.pod, opt)
+            fit_of_state: dict[int, int] = {}  # pods that fit now, per node state (the probe is not changed here)
             best: list[str] | None = None
             best_score: tuple[int, int] | None = None
             for _, members in all_pools:
                 if taken:
                     members = [n for n in members if n not in taken]
-                if sum(empty_fit[n] for n in members) < ps.count:
+                if sum(map(empty_fit.__getitem__, members)) < ps.count:
                     continue
-                fit_now = {n: probe.fit(n, ps.pod) for n in members}  # (memoised per node state)
                 # the nodes that could hold pods, most room now first: each holds at least one, so
                 # the first ``count`` of that order are all a pick can need
-                first = heapq.nsmallest(ps.count, (n for n in members if empty_fit[n] > 0),
-                                        key=lambda n: (-fit_now[n], -empty_fit[n], n))
+                order: list[tuple[int, int, str]] = []
+                for n in members:
+                    empty = empty_fit[n]
+                    if empty > 0:
+                        sid = info[n].state_id
+                        now = fit_of_state.get(sid)
+                        if now is None:
+                            now = fit_of_state[sid] = probe.fit(n, ps.pod)
+                        order.append((-now, -empty, n))
                 pick: list[str] = []
-                room = 0
-                for n in first:
+                room = fits = 0
+                for now, empty, n in heapq.nsmallest(ps.count, order):
                     if room >= ps.count:
                         break
                     pick.append(n)
-                    room += empty_fit[n]
-                score = (sum(min(fit_now[n], empty_fit[n]) for n in pick), -len(pick))
+                    room -= empty
+                    fits += min(-now, -empty)
+                score = (fits, -len(pick))
                 if best_score is None or score > best_score:
                     best, best_score = pick, score
             if best is None:

@@ -141,6 +141,8 @@ def build_classes(
     classes: dict[tuple[object, ...], NodeClass] = {}
     node_class: dict[str, int] = {}
     ordered: list[NodeClass] = []
+    member_frees: list[list[tuple[int, ...]]] = []  # per class: each member's free amounts
+    member_rooms: list[list[int]] = []  # per class: each member's room for pods (when limited)
     nodes = cluster.nodes
     for name, gids in node_groups.items():
         node = nodes[name]
@@ -166,16 +168,23 @@ def build_classes(
             pristine = any(devices) and all(all(d == DEVICE_MILLI for d in devs) for devs in devices)
             cls = classes[key] = NodeClass(len(ordered), [], node, frozenset(gids), dict(domains), pristine, reservation)
             ordered.append(cls)
+            member_frees.append([])
+            member_rooms.append([])
         cls.nodes.append(name)
-        for r, free in zip(resources, frees):
-            cls.free[r] = cls.free.get(r, 0) + free
-            cls.max_free[r] = max(cls.max_free.get(r, 0), free)
-            cls.min_free[r] = min(cls.min_free.get(r, free), free)
+        member_frees[cls.id].append(frees)
         if node.max_pods is not None:
-            room = max(0, node.max_pods - node.pod_count)
-            cls.pods_free = (cls.pods_free or 0) + room
-            cls.min_pods = room if cls.min_pods is None else min(cls.min_pods, room)
+            member_rooms[cls.id].append(max(0, node.max_pods - node.pod_count))
         node_class[name] = cls.id
+    # capacities summed per class once its members are known (one pass per column, not per node)
+    for cls in ordered:
+        for r, column in zip(resources, zip(*member_frees[cls.id])):
+            cls.free[r] = sum(column)
+            cls.max_free[r] = max(0, max(column))
+            cls.min_free[r] = min(column)
+        rooms = member_rooms[cls.id]
+        if rooms:
+            cls.pods_free = sum(rooms)
+            cls.min_pods = min(rooms)
     return ordered, node_class
 
 
