@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from ortools.sat.python import cp_model
 
 from quotas.fair_sharing import dominant_resource_share
@@ -106,6 +107,30 @@ def class_depths(snapshot: Snapshot, prepared: Prepared) -> dict[str, int]:
     return depths
 
 
+def _node_groups(cluster: Cluster, prepared: Prepared) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], np.ndarray]:
+    """The nodes some placement group may use, in the order the groups list them (ascending ids,
+    each group's own order), each with its group ids and its position in the cluster's state
+    array. Kept in the cluster's shared cache while the groups are the same node tuples under
+    the same ids (options and their node tuples last across cycles; see `prepare`)."""
+    memo: dict[tuple[tuple[int, int], ...], tuple[object, ...]] = cluster.shared.setdefault("class_node_groups", {})
+    key = tuple((gid, id(names)) for gid, names in prepared.group_nodes.items())
+    found = memo.get(key)
+    if found is not None and all(a is b for a, b in zip(found[0], prepared.group_nodes.values())):  # type: ignore[call-overload]
+        return found[1], found[2], found[3]  # type: ignore[return-value]
+    node_groups: dict[str, list[int]] = defaultdict(list)
+    for gid, names in prepared.group_nodes.items():  # ascending ids: each node's list is sorted
+        for n in names:
+            node_groups[n].append(gid)
+    nodes = cluster.nodes
+    ordered = tuple(node_groups)
+    gids = tuple(tuple(g) for g in node_groups.values())
+    positions = np.array([nodes[n].index for n in ordered], dtype=np.int64)
+    if len(memo) > 64:
+        memo.clear()
+    memo[key] = (tuple(prepared.group_nodes.values()), ordered, gids, positions)  # (keeps the tuples, hence their ids, alive)
+    return ordered, gids, positions
+
+
 def build_classes(
     cluster: Cluster,
     snapshot: Snapshot,
@@ -119,10 +144,7 @@ def build_classes(
     domains, their free-device vectors are equal and every candidate pod shape fits on them
     the same number of times; CPU and memory may differ (capacities are summed over members).
     """
-    node_groups: dict[str, list[int]] = defaultdict(list)
-    for gid, names in prepared.group_nodes.items():  # ascending ids: each node's list is sorted
-        for n in names:
-            node_groups[n].append(gid)
+    names, node_gids, positions = _node_groups(cluster, prepared)
     depths = class_depths(snapshot, prepared)
     topo_levels = tuple(sorted((name, tuple(snapshot.topologies[name].level_labels[: d + 1])) for name, d in depths.items()))
     # a node's domains depend on its labels only: kept from one cycle to the next
@@ -136,25 +158,37 @@ def build_classes(
     shapes = list(dict.fromkeys(shapes))
     resources = sorted({r for pod in shapes for r in pod})
     accel = sorted(cluster.accelerators)
-    # what a node's class and capacities read of its state, once per state
-    state_memo: dict[int, tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]] = {}
+    nodes = cluster.nodes
+    # What a node's class and capacities read of its state, once per state: the pods of every
+    # shape it holds with its devices (as one number per distinct pair), whether its devices are
+    # all free, and its free amounts. None for states that hold no candidate pod.
+    sids = cluster.state_array[positions]
+    unique, first = np.unique(sids, return_index=True)
+    state_memo: dict[int, tuple[int, bool, tuple[int, ...]] | None] = {}
+    tokens: dict[tuple[object, ...], int] = {}
+    for sid, i in zip(unique.tolist(), first.tolist()):
+        node = nodes[names[i]]
+        signature = tuple(min(cluster.fit_count(node, pod), 1 << 20) for pod in shapes)
+        if not any(signature):
+            state_memo[sid] = None
+            continue
+        devices = tuple(tuple(sorted(node.devices.get(a, ()), reverse=True)) for a in accel)
+        pristine = any(devices) and all(all(d == DEVICE_MILLI for d in devs) for devs in devices)
+        token = tokens.setdefault((signature, devices), len(tokens))
+        state_memo[sid] = (token, pristine, tuple(node.free(r) for r in resources))
+    useful = [sid for sid, seen in state_memo.items() if seen is not None]
     classes: dict[tuple[object, ...], NodeClass] = {}
     node_class: dict[str, int] = {}
     ordered: list[NodeClass] = []
     member_frees: list[list[tuple[int, ...]]] = []  # per class: each member's free amounts
     member_rooms: list[list[int]] = []  # per class: each member's room for pods (when limited)
-    nodes = cluster.nodes
-    for name, gids in node_groups.items():
-        node = nodes[name]
-        seen = state_memo.get(node.state_id)
-        if seen is None:
-            signature = tuple(min(cluster.fit_count(node, pod), 1 << 20) for pod in shapes)
-            devices = tuple(tuple(sorted(node.devices.get(a, ()), reverse=True)) for a in accel)
-            seen = state_memo[node.state_id] = (signature, devices, tuple(node.free(r) for r in resources))
-        signature, devices, frees = seen
-        if not any(signature):
-            continue
+    at = np.flatnonzero(np.isin(sids, useful)).tolist() if len(useful) < len(state_memo) else range(len(names))
+    sid_of = sids.tolist()
+    for i in at:
+        name, gids = names[i], node_gids[i]
+        token, pristine, frees = state_memo[sid_of[i]]  # type: ignore[misc]
         domains = domain_memo.get(name)
+        node = nodes[name]
         if domains is None:
             found = []
             for tname, labels in topo_levels:
@@ -162,10 +196,9 @@ def build_classes(
                 found.append((tname, None if any(v is None for v in values) else tuple(values)))
             domains = domain_memo[name] = tuple(found)  # type: ignore[arg-type]
         reservation = reserved_by.get(name)
-        key = (tuple(gids), domains, devices, signature, None if reservation is None else reservation.key)
+        key = (gids, domains, token, None if reservation is None else reservation.key)
         cls = classes.get(key)
         if cls is None:
-            pristine = any(devices) and all(all(d == DEVICE_MILLI for d in devs) for devs in devices)
             cls = classes[key] = NodeClass(len(ordered), [], node, frozenset(gids), dict(domains), pristine, reservation)
             ordered.append(cls)
             member_frees.append([])
