@@ -377,6 +377,9 @@ class Cluster:
         """Bumped whenever capacity may have grown (unbind, uncordon, a node added): a scheduler that
         found some work did not fit knows it still does not while this stays the same."""
         self._state_array = np.zeros(16, dtype=np.int64)
+        self._allocated: dict[str, int] = {}
+        """Used amounts per resource summed over the nodes, kept by every bind and unbind (a
+        simulator samples it after nearly every change)."""
         for node in nodes:
             self.add_node(node)
 
@@ -435,6 +438,8 @@ class Cluster:
             self._state_array = np.concatenate([self._state_array, np.zeros(len(self._state_array), dtype=np.int64)])
         self.nodes[node.name] = node
         self._own.add(node.name)
+        for resource, amount in node.used.items():
+            self._allocated[resource] = self._allocated.get(resource, 0) + amount
         self._restate(node)
         self.cache.clear()
         self.shared = {}
@@ -459,11 +464,7 @@ class Cluster:
         return sum(node.allocatable.get(resource, 0) for node in self.nodes.values())
 
     def allocated(self, resource: str) -> int:
-        key = ("allocated", resource)
-        got = self.cache.get(key)
-        if got is None or got[0] != self.version:  # every bind and unbind moves the version
-            got = self.cache[key] = (self.version, sum(node.used.get(resource, 0) for node in self.nodes.values()))
-        return got[1]
+        return self._allocated.get(resource, 0)
 
     def free(self, resource: str) -> int:
         return self.capacity(resource) - self.allocated(resource)
@@ -582,6 +583,7 @@ class Cluster:
         self._own = set()
         other._state_array = self._state_array.copy()
         other._state_ids = self._state_ids
+        other._allocated = dict(self._allocated)
         other._fit_memo = self._fit_memo
         other._journals = []
         other.cache = {}
@@ -603,8 +605,10 @@ class Cluster:
     def _apply(self, node: NodeInfo, pod: PodRequest, devices: tuple[tuple[str, int, int], ...], sign: int) -> None:
         # new ``used`` and device lists, never changed in place: copies of the node share them
         used = dict(node.used)
+        allocated = self._allocated
         for resource, amount in pod.items:
             used[resource] = used.get(resource, 0) + sign * amount
+            allocated[resource] = allocated.get(resource, 0) + sign * amount
         node.used = used
         if devices:
             frees = dict(node.devices)

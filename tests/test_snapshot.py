@@ -274,6 +274,28 @@ def test_what_if_rolls_back_and_commit_keeps() -> None:
     assert cluster.node("a").used[GPU_RESOURCE] == 1000
 
 
+def test_allocated_totals_follow_binds_rollbacks_and_copies() -> None:
+    """`Cluster.allocated` is kept by every bind and unbind rather than summed over the nodes:
+    it must equal that sum after binds, unbinds, rolled-back trials and on independent copies."""
+    cluster = cluster_of(node_manifest("a", gpus=4), node_manifest("b", gpus=4))
+
+    def summed(c: Cluster, resource: str) -> int:
+        return sum(n.used.get(resource, 0) for n in c)
+
+    first = cluster.bind("a", gpu_pod(2000, cpu=3000))
+    cluster.bind("b", gpu_pod(250))
+    with cluster.what_if():
+        cluster.bind("b", gpu_pod(1000))
+        cluster.unbind(first)
+        assert cluster.allocated(GPU_RESOURCE) == summed(cluster, GPU_RESOURCE) == 1250
+    other = cluster.copy()
+    other.bind("a", gpu_pod(1000))
+    for c, gpus in ((cluster, 2250), (other, 3250)):
+        assert c.allocated(GPU_RESOURCE) == summed(c, GPU_RESOURCE) == gpus
+        assert c.allocated("cpu") == summed(c, "cpu") > 0
+    assert cluster.allocated("example.com/none") == 0
+
+
 def test_copy_is_independent() -> None:
     cluster = cluster_of(node_manifest("a", gpus=2))
     other = cluster.copy()
