@@ -9,6 +9,7 @@ and `Usage` is immutable).
 from __future__ import annotations
 
 import functools
+from operator import attrgetter
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class Pending:
         return self.workload.key
 
 
+_KEY = attrgetter("key")
 _last_admitted_keys: tuple[list[Admitted], frozenset[str]] | None = None
 """`Snapshot.admitted_keys` of the last list asked about."""
 
@@ -139,7 +141,7 @@ class Snapshot:
         global _last_admitted_keys
         got = _last_admitted_keys
         if got is None or got[0] is not self.admitted:
-            got = _last_admitted_keys = (self.admitted, frozenset(a.key for a in self.admitted))
+            got = _last_admitted_keys = (self.admitted, frozenset(map(_KEY, self.admitted)))
         return got[1]
 
     def cluster_queue_of(self, workload: WorkloadInfo) -> str | None:

@@ -39,7 +39,7 @@ from quotas.preemption import Preemptor, VictimPool, find_victims, preemption_or
 from quotas.units import format_amount
 from scheduler.cluster import Cluster, NodeInfo, PodRequest
 from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, register_policy
-from scheduler.snapshot import Pending, PodSetPlacement, Snapshot
+from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot
 from scheduler.solver_common import Candidate, PodSetOption, Prepared, aging_fraction, prepare
 from scheduler.solver_expand import expand
 from scheduler.solver_model import ModelResult, SolveParams, solve_cycle
@@ -291,6 +291,10 @@ class TesseraPolicy:
         self._held: tuple[tuple[object, ...], int, dict[tuple[object, ...], tuple[Pending, list[str]]]] | None = None
         """`_reserve_for` results, valid while the snapshot's inputs, cluster version and usage are
         the same objects (a cycle at an instant where only workloads arrived)."""
+        self._victims: tuple[list[Admitted], dict[str, Admitted], VictimPool] | None = None
+        """The admitted workloads by key and as a victim pool, for the last admitted list (a list
+        is replaced, never changed in place; the pool's per-queue orders fill up as searches read
+        them and stay valid for the same list)."""
         self.last: ModelResult | None = None
         """The solver result of the last cycle (for benchmarks and debugging)."""
 
@@ -784,8 +788,7 @@ class TesseraPolicy:
                 searched[cand.key] = fruitless[same]
                 continue
             if pool is None:
-                by_key = {a.key: a for a in snapshot.admitted}
-                pool = VictimPool(a.as_candidate() for a in snapshot.admitted)
+                by_key, pool = self._victim_pool(snapshot)
             oracle = None
             if any(len(ps.options) > 1 for ps in cand.podsets):
                 # the oracle only ranks flavors: with one option per podset (one eligible flavor
@@ -845,6 +848,15 @@ class TesseraPolicy:
                 f"waiting for {len(result.victims)} preempted workload(s) to release {need}: {victims}"
             )
         return searched
+
+    def _victim_pool(self, snapshot: Snapshot) -> tuple[dict[str, Admitted], VictimPool]:
+        """The admitted workloads by key and as a victim pool: built once per admitted list (the
+        simulator hands the same list to every cycle until a workload is admitted or leaves)."""
+        got = self._victims
+        if got is None or got[0] is not snapshot.admitted:
+            admitted = snapshot.admitted
+            got = self._victims = (admitted, {a.key: a for a in admitted}, VictimPool(a.as_candidate() for a in admitted))
+        return got[1], got[2]
 
     @staticmethod
     def _renominate(snapshot: Snapshot, decisions: Decisions) -> None:
