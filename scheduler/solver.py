@@ -33,6 +33,9 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter, methodcaller
+
+import numpy as np
 
 from quotas.flavors import AssignmentMode, PodSetRequest, assign_flavors
 from quotas.preemption import Preemptor, VictimPool, find_victims, preemption_oracle
@@ -70,6 +73,8 @@ KUEUE_BASELINE_MAX = 64
 
 MAX_RESERVATIONS = 4
 MAX_PREEMPTORS = 16
+_KEY = attrgetter("key")
+_CANDIDATE = methodcaller("as_candidate")
 
 
 # --- the value a cycle admits ---------------------------------------------------------------------
@@ -647,24 +652,22 @@ class TesseraPolicy:
             return []
         taken = set(probe.excluded(cand))
         nodes: list[str] = []
-        info = probe.cluster.nodes
+        states = probe.cluster.state_array
         for ps, opt in chosen:
             empty_fit, all_pools = _empty_pools(snapshot.cluster, ps.pod, opt)
             fit_of_state: dict[int, int] = {}  # pods that fit now, per node state (the probe is not changed here)
             best: list[str] | None = None
             best_score: tuple[int, int] | None = None
-            for _, members in all_pools:
-                if taken:
-                    members = [n for n in members if n not in taken]
-                if sum(map(empty_fit.__getitem__, members)) < ps.count:
+            for _, members, at in all_pools:
+                left = [n for n in members if n not in taken] if taken else members
+                if sum(map(empty_fit.__getitem__, left)) < ps.count:
                     continue
                 # the nodes that could hold pods, most room now first: each holds at least one, so
                 # the first ``count`` of that order are all a pick can need
                 order: list[tuple[int, int, str]] = []
-                for n in members:
+                for n, sid in zip(members, states[at].tolist()):  # (states gathered from the array)
                     empty = empty_fit[n]
-                    if empty > 0:
-                        sid = info[n].state_id
+                    if empty > 0 and n not in taken:
                         now = fit_of_state.get(sid)
                         if now is None:
                             now = fit_of_state[sid] = probe.fit(n, ps.pod)
@@ -855,7 +858,7 @@ class TesseraPolicy:
         got = self._victims
         if got is None or got[0] is not snapshot.admitted:
             admitted = snapshot.admitted
-            got = self._victims = (admitted, {a.key: a for a in admitted}, VictimPool(a.as_candidate() for a in admitted))
+            got = self._victims = (admitted, dict(zip(map(_KEY, admitted), admitted)), VictimPool(map(_CANDIDATE, admitted)))
         return got[1], got[2]
 
     @staticmethod
@@ -979,10 +982,13 @@ def _fit_if_empty(node: NodeInfo, pod: PodRequest) -> int:
     return min(empty.fit_count(pod), 1 << 20)
 
 
-def _empty_pools(cluster: Cluster, pod: PodRequest, opt: PodSetOption) -> tuple[dict[str, int], list[tuple[tuple[str, ...], list[str]]]]:
+def _empty_pools(
+    cluster: Cluster, pod: PodRequest, opt: PodSetOption
+) -> tuple[dict[str, int], list[tuple[tuple[str, ...], list[str], np.ndarray]]]:
     """Per node of the option, the pods like ``pod`` it would hold if empty; and its nodes by
-    domain at the required topology level (one pool without one), domains in order. Kept in the
-    cluster's shared cache: it reads allocatable and labels only, which a node keeps for life."""
+    domain at the required topology level (one pool without one), domains in order, each pool
+    with its nodes' positions in the cluster's state array. Kept in the cluster's shared cache:
+    it reads allocatable, labels and positions only, which a node keeps for life."""
     labels: tuple[str, ...] = ()
     if opt.required and opt.topology is not None and opt.level is not None:
         labels = tuple(opt.topology.level_labels[: opt.level + 1])
@@ -998,7 +1004,10 @@ def _empty_pools(cluster: Cluster, pod: PodRequest, opt: PodSetOption) -> tuple[
         for n in opt.nodes:
             node_labels = nodes[n].labels
             pools.setdefault(tuple(node_labels.get(lb, "") for lb in labels), []).append(n)
-        found = memo[key] = (empty_fit, sorted(pools.items()))
+        found = memo[key] = (
+            empty_fit,
+            [(k, members, np.array([nodes[n].index for n in members], dtype=np.int64)) for k, members in sorted(pools.items())],
+        )
     return found
 
 
