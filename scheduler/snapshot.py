@@ -132,12 +132,18 @@ class Snapshot:
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """Labels per namespace, for ClusterQueues' `namespaceSelector` (every namespace also
     carries `kubernetes.io/metadata.name`, as Kubernetes sets it)."""
+    known_admitted_keys: frozenset[str] | None = None
+    """The keys of `admitted`, when the builder already has them (the simulator keeps them until
+    a workload is admitted or leaves, while the list itself is replaced at every pod bind);
+    `admitted_keys` computes them from the list otherwise."""
 
     @property
     def admitted_keys(self) -> frozenset[str]:
         """The keys of the admitted workloads, cached for the list object (a list is replaced,
         never changed in place): a cycle asks several times, and the simulator hands the same
         list to every cycle until a workload is admitted or leaves."""
+        if self.known_admitted_keys is not None:
+            return self.known_admitted_keys
         global _last_admitted_keys
         got = _last_admitted_keys
         if got is None or got[0] is not self.admitted:

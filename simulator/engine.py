@@ -164,6 +164,7 @@ class Simulation:
         self._topologies = {t.name: t for t in setup.topologies}
         self._pending_list: list[Pending] | None = None
         self._admitted_list: list[Admitted] | None = None
+        self._admitted_keys: frozenset[str] | None = None  # (a pod bind replaces the list, not the keys)
         """The snapshots' lists, rebuilt only after a change (None): a snapshot's lists are never
         mutated, so a cycle that changed nothing hands the next one the very same objects."""
         self._unplaced: dict[str, None] = {}
@@ -267,6 +268,7 @@ class Simulation:
             self.fair_sharing.release(*fair_sharing_charge(state.admitted), at=self.now)
         key = state.job.workload.key
         del self.admitted[key]
+        self._admitted_keys = None
         if state.record.started_at is not None:
             self._running -= 1
         self._count_gpus(state, -1)
@@ -345,6 +347,7 @@ class Simulation:
             bindings=tuple(bindings),
         )
         self.admitted[admission.key] = state
+        self._admitted_keys = None
         self._count_gpus(state, +1)
         self._admitted_list = None
         self._unplaced[admission.key] = None
@@ -403,6 +406,8 @@ class Simulation:
             self._pending_list = [s.pending for s in self.pending.values() if s.pending is not None]
         if self._admitted_list is None:
             self._admitted_list = [s.admitted for s in self.admitted.values() if s.admitted is not None]
+        if self._admitted_keys is None:
+            self._admitted_keys = frozenset(self.admitted)  # (every entry of `admitted` holds its admission)
         return Snapshot(
             now=self.now,
             cluster=self.cluster,
@@ -418,6 +423,7 @@ class Simulation:
             admission_fair_sharing=self.fair_sharing,
             seed=self.setup.seed,
             namespace_labels=self.setup.namespace_labels,
+            known_admitted_keys=self._admitted_keys,
         )
 
     def _schedule(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from scheduler.decisions import make_policy
+from scheduler.snapshot import Snapshot
 from simulator.run import binder_for, load_inputs
 from simulator.engine import Simulation
 from tessera.cli import app
@@ -303,7 +304,13 @@ def test_namespace_selector_matches_labels_of_namespace_manifests(tmp_path: Path
 
 
 class _RecountingSimulation(Simulation):
-    """Checks every sample against a recount of the workloads' states (the engine keeps counters)."""
+    """Checks every sample against a recount of the workloads' states (the engine keeps counters),
+    and every snapshot's admitted keys (kept between admissions and releases) against its list."""
+
+    def snapshot(self) -> Snapshot:
+        snap = super().snapshot()
+        assert snap.known_admitted_keys == frozenset(a.key for a in snap.admitted)
+        return snap
 
     def _sample(self) -> None:
         super()._sample()
