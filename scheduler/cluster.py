@@ -20,7 +20,7 @@ score results across nodes and across pods (the fill experiment places ~8,000 po
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -630,6 +630,20 @@ class Cluster:
             sid = self._state_ids[key] = len(self._state_ids)
         node.state_id = sid
         self._state_array[node.index] = sid
+
+    def positions(self, names: Sequence[str]) -> np.ndarray:
+        """The nodes' positions in `state_array` (`NodeInfo.index`), kept per name tuple in the
+        shared cache: reading states through them is one numpy gather, where reading each node's
+        `state_id` touches node objects scattered in memory."""
+        key = tuple(names)
+        memo: dict[tuple[str, ...], np.ndarray] = self.shared.setdefault("node_positions", {})
+        got = memo.get(key)
+        if got is None:
+            if len(memo) > 256:
+                memo.clear()
+            nodes = self.nodes
+            got = memo[key] = np.array([nodes[n].index for n in key], dtype=np.int64)
+        return got
 
     @property
     def state_array(self) -> np.ndarray:

@@ -1006,7 +1006,7 @@ def _empty_pools(
             pools.setdefault(tuple(node_labels.get(lb, "") for lb in labels), []).append(n)
         found = memo[key] = (
             empty_fit,
-            [(k, members, np.array([nodes[n].index for n in members], dtype=np.int64)) for k, members in sorted(pools.items())],
+            [(k, members, cluster.positions(members)) for k, members in sorted(pools.items())],
         )
     return found
 

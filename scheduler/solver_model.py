@@ -121,10 +121,9 @@ def _node_groups(cluster: Cluster, prepared: Prepared) -> tuple[tuple[str, ...],
     for gid, names in prepared.group_nodes.items():  # ascending ids: each node's list is sorted
         for n in names:
             node_groups[n].append(gid)
-    nodes = cluster.nodes
     ordered = tuple(node_groups)
     gids = tuple(tuple(g) for g in node_groups.values())
-    positions = np.array([nodes[n].index for n in ordered], dtype=np.int64)
+    positions = cluster.positions(ordered)
     if len(memo) > 64:
         memo.clear()
     memo[key] = (tuple(prepared.group_nodes.values()), ordered, gids, positions)  # (keeps the tuples, hence their ids, alive)

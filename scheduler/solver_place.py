@@ -21,8 +21,6 @@ from bisect import insort
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from quotas.units import FlavorResource, format_amount
 from scheduler.cluster import Binding, Cluster, PodRequest
 from scheduler.placement import Scorer, bin_packing
@@ -130,16 +128,7 @@ class _StateIndex:
         """Per pod shape: the states it fits, best score first (a valid heap), and every state already
         looked at. A state's fit and score never change, so each is evaluated once per placer."""
         names = tuple(names)
-        # the states read from the cluster's state array in one gather (per node, reading
-        # ``NodeInfo.state_id`` was most of the cost of an index on a large cluster)
-        positions: dict[tuple[str, ...], np.ndarray] = cluster.shared.setdefault("node_positions", {})
-        at = positions.get(names)
-        if at is None:
-            if len(positions) > 256:
-                positions.clear()
-            nodes = cluster.nodes
-            at = positions[names] = np.array([nodes[n].index for n in names], dtype=np.int64)
-        self.state_of: dict[str, int] = dict(zip(names, cluster.state_array[at].tolist()))
+        self.state_of: dict[str, int] = dict(zip(names, cluster.state_array[cluster.positions(names)].tolist()))
         state_of = self.state_of
         by_state = self.by_state
         for n, sid in state_of.items():
