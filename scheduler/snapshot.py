@@ -135,15 +135,17 @@ class Snapshot:
     known_admitted_keys: frozenset[str] | None = None
     """The keys of `admitted`, when the builder already has them (the simulator keeps them until
     a workload is admitted or leaves, while the list itself is replaced at every pod bind);
-    `admitted_keys` computes them from the list otherwise."""
+    `admitted_keys` computes them from the list otherwise. A snapshot copied with another
+    `admitted` list must not keep them."""
 
     @property
     def admitted_keys(self) -> frozenset[str]:
         """The keys of the admitted workloads, cached for the list object (a list is replaced,
-        never changed in place): a cycle asks several times, and the simulator hands the same
-        list to every cycle until a workload is admitted or leaves."""
-        if self.known_admitted_keys is not None:
-            return self.known_admitted_keys
+        never changed in place): a cycle asks several times. A builder that keeps the keys itself
+        hands them over in `known_admitted_keys` (the simulator does)."""
+        known = self.known_admitted_keys
+        if known is not None and len(known) == len(self.admitted):  # (a copy with another list: recomputed)
+            return known
         global _last_admitted_keys
         got = _last_admitted_keys
         if got is None or got[0] is not self.admitted:

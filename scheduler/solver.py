@@ -854,7 +854,8 @@ class TesseraPolicy:
 
     def _victim_pool(self, snapshot: Snapshot) -> tuple[dict[str, Admitted], VictimPool]:
         """The admitted workloads by key and as a victim pool: built once per admitted list (the
-        simulator hands the same list to every cycle until a workload is admitted or leaves)."""
+        simulator hands the same list to every cycle until a workload is admitted or leaves or a
+        pod binds)."""
         got = self._victims
         if got is None or got[0] is not snapshot.admitted:
             admitted = snapshot.admitted
