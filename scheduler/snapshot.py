@@ -9,10 +9,9 @@ and `Usage` is immutable).
 from __future__ import annotations
 
 import functools
-from operator import attrgetter
-
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from quotas.admission_fair_sharing import AdmissionFairSharing
 from quotas.api import ClusterQueue, Cohort, Configuration, LocalQueue, ResourceFlavor, Topology

@@ -164,9 +164,11 @@ class Simulation:
         self._topologies = {t.name: t for t in setup.topologies}
         self._pending_list: list[Pending] | None = None
         self._admitted_list: list[Admitted] | None = None
-        self._admitted_keys: frozenset[str] | None = None  # (a pod bind replaces the list, not the keys)
         """The snapshots' lists, rebuilt only after a change (None): a snapshot's lists are never
         mutated, so a cycle that changed nothing hands the next one the very same objects."""
+        self._admitted_keys: frozenset[str] | None = None
+        """The admitted keys, rebuilt only after an admission or a release (a pod bind replaces
+        the admitted list, not its keys)."""
         self._unplaced: dict[str, None] = {}
         """Admitted workloads whose pods are not all bound yet (kube-scheduler's work), in admission order."""
         self._running = 0
