@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from quotas.api import ClusterQueue, Cohort, Configuration, LocalQueue, ResourceFlavor, Topology  # noqa: E402
 from scheduler.cluster import Cluster, PodRequest  # noqa: E402
-from scheduler.decisions import Decisions, make_policy  # noqa: E402
+from scheduler.decisions import Decisions, collector_paused, make_policy  # noqa: E402
 from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot, build_snapshot  # noqa: E402
 from scheduler.workload import PodSetInfo, TopologyRequest, WorkloadInfo  # noqa: E402
 
@@ -234,8 +234,9 @@ def run_size(nodes: int, pending: int, cycles: int, policies: list[str], packing
             if d.stats.objective and d.stats.bound is not None:
                 rec["gap"].append(abs(d.stats.bound - d.stats.objective) / max(1.0, abs(d.stats.objective)))  # type: ignore[union-attr]
         t0 = time.perf_counter()
-        prepared = prepare(snap)
-        admitted, _ = greedy_cycle(prepared, Placer(snap))
+        with collector_paused():  # as the policies run their cycles
+            prepared = prepare(snap)
+            admitted, _ = greedy_cycle(prepared, Placer(snap))
         dt = time.perf_counter() - t0
         out["greedy"]["lat"].append(dt * 1000)  # type: ignore[union-attr]
         gpus = sum(ps.pod.get(GPU) * n for p in admitted for ps, (_, n) in zip(p.candidate.podsets, p.choice)) / G

@@ -7,7 +7,9 @@ and for every workload left pending a reason a person can act on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,6 +76,27 @@ class Policy(Protocol):
     places_pods: bool
 
     def schedule(self, snapshot: Snapshot) -> Decisions: ...
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Run a scheduling cycle with Python's cyclic garbage collector paused.
+
+    A cycle allocates hundreds of thousands of short-lived objects, which reference counting
+    frees; the cyclic collector, triggered by allocation counts, would meanwhile scan the young
+    objects again and again and, every few cycles, every object of the process (snapshots,
+    the simulator's history, the operator's caches): 10-25% of a cycle on average and, for a full
+    collection, 100-250 ms in one cycle at the benchmark sizes. Paused, the collector runs after
+    the cycle instead, between decisions, where its pause delays nothing. Nesting is harmless:
+    the state found on entry is restored on exit.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 PolicyFactory = Callable[[], Policy]

@@ -83,7 +83,7 @@ from quotas.units import FlavorResource
 from quotas.usage import Usage
 from scheduler.affinity import NodeConstraints
 from scheduler.cluster import Binding, Cluster
-from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, register_policy
+from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, collector_paused, register_policy
 from scheduler.fgd import FGDScorer, TaskDistribution
 from scheduler.flavors import flavor_nodes, podset_fits_flavor
 from scheduler.kueue_reasons import explain_quota, preemption_policy_text
@@ -1250,7 +1250,8 @@ class KueuePolicy:
         self._seed: int | None = None
 
     def schedule(self, snapshot: Snapshot) -> Decisions:
-        return greedy_cycle(snapshot, state=self.state, policy=self.name, drain=self.drain)
+        with collector_paused():
+            return greedy_cycle(snapshot, state=self.state, policy=self.name, drain=self.drain)
 
     def reset(self) -> None:
         """Forget the queue manager's state and the placement RNG (a new run)."""

@@ -41,7 +41,7 @@ from quotas.flavors import AssignmentMode, PodSetRequest, assign_flavors
 from quotas.preemption import Preemptor, VictimPool, find_victims, preemption_oracle
 from quotas.units import format_amount
 from scheduler.cluster import Cluster, NodeInfo, PodRequest
-from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, register_policy
+from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, collector_paused, register_policy
 from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot
 from scheduler.solver_common import Candidate, PodSetOption, Prepared, aging_fraction, prepare
 from scheduler.solver_expand import expand
@@ -306,6 +306,10 @@ class TesseraPolicy:
     # --- the cycle ---
 
     def schedule(self, snapshot: Snapshot) -> Decisions:
+        with collector_paused():
+            return self._cycle(snapshot)
+
+    def _cycle(self, snapshot: Snapshot) -> Decisions:
         start = time.monotonic()
         solver_cfg = snapshot.config.solver
         time_limit = max(0.0, float(solver_cfg.time_limit))

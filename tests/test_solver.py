@@ -260,6 +260,45 @@ def test_registered_as_tessera_and_places_pods() -> None:
     assert policy.name == "tessera" and policy.places_pods is True
 
 
+@pytest.mark.parametrize("name", ["tessera", "kueue", "fgd"])
+@pytest.mark.parametrize("enabled", [True, False])
+def test_cycle_runs_with_the_cyclic_collector_paused_and_restores_it(name: str, enabled: bool) -> None:
+    import gc
+
+    snap = snapshot([node("n0"), node("n1")], [cq("cq", 16)], pending(workload("a", 4, created=1), workload("b", 8, created=2)))
+    policy = make_policy(name)
+    runs: list[str] = []
+    inside = [False]
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and inside[0]:
+            runs.append(name)
+
+    threshold = gc.get_threshold()
+    was = gc.isenabled()
+    gc.callbacks.append(seen)
+    gc.set_threshold(1)  # a collection on nearly every allocation, were the collector running
+    try:
+        if enabled:
+            gc.enable()
+        else:
+            gc.disable()
+        inside[0] = True
+        decisions = policy.schedule(snap)
+        inside[0] = False
+        assert gc.isenabled() is enabled
+    finally:
+        gc.callbacks.remove(seen)
+        gc.set_threshold(*threshold)
+        if was:
+            gc.enable()
+        else:
+            gc.disable()
+    # collections while entering and leaving the call (an unpaused cycle runs thousands here)
+    assert len(runs) <= 4
+    assert sorted(decisions.admissions, key=lambda a: a.key)[0].key == "default/a"
+
+
 # --- packing -------------------------------------------------------------------------------------
 
 
