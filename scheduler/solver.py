@@ -40,7 +40,7 @@ import numpy as np
 from quotas.flavors import AssignmentMode, PodSetRequest, assign_flavors
 from quotas.preemption import Preemptor, VictimPool, find_victims, preemption_oracle
 from quotas.units import format_amount
-from scheduler.cluster import Cluster, NodeInfo, PodRequest
+from scheduler.cluster import DEVICE_MILLI, Cluster, NodeInfo, PodRequest
 from scheduler.decisions import Admission, CycleStats, Decisions, Preemption, collector_paused, register_policy
 from scheduler.snapshot import Admitted, Pending, PodSetPlacement, Snapshot
 from scheduler.solver_common import Candidate, PodSetOption, Prepared, aging_fraction, prepare
@@ -219,14 +219,21 @@ def _finalize(snapshot: Snapshot, admitted: Sequence[Placed]) -> tuple[list[Plac
     decision order, letting `Cluster.bind` choose devices (best fit for shares). Listing the
     largest pods first reproduces how the expansion filled each node; every pod is bound again
     that way on a fresh copy, and an admission that does not bind is dropped.
+
+    Only nodes that receive a device share need the check: pods of whole devices (or of none)
+    bind in any order once they all fit together, which the expansion showed (each takes whole
+    free devices and adds to sums), so every order of them binds.
     """
     accel = snapshot.cluster.accelerators
 
     def size(p: Placed) -> tuple[int, int]:
         return (-max(sum(ps.pod.get(a) for a in accel) for ps in p.candidate.podsets), p.candidate.order)
 
-    touched = {n for p in admitted for nodes in p.nodes for n in nodes}
-    cluster = Cluster([snapshot.cluster.nodes[n].copy() for n in sorted(touched)], snapshot.cluster.accelerators)
+    def shares(pod: PodRequest) -> bool:
+        return any(pod.get(a) % DEVICE_MILLI for a in accel)
+
+    checked = {n for p in admitted for ps, nodes in zip(p.candidate.podsets, p.nodes) if shares(ps.pod) for n in nodes}
+    cluster = Cluster([snapshot.cluster.nodes[n].copy() for n in sorted(checked)], accel)
     kept: list[Placed] = []
     dropped: dict[str, str] = {}
     for p in sorted(admitted, key=size):
@@ -234,6 +241,8 @@ def _finalize(snapshot: Snapshot, admitted: Sequence[Placed]) -> tuple[list[Plac
         why = None
         for ps, nodes in zip(p.candidate.podsets, p.nodes):
             for name in nodes:
+                if name not in checked:
+                    continue
                 why = cluster.nodes[name].fit_failure(ps.pod)
                 if why is not None:
                     why = f"{NOT_ADMITTED} (its pods would not bind on {name}: {why})"

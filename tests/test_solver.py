@@ -361,6 +361,28 @@ def test_required_rack_gang_that_fits_no_rack_says_why() -> None:
     assert "rack" in d.pending["default/gang"]
 
 
+def test_finalize_drops_an_admission_whose_shares_do_not_bind_in_decision_order() -> None:
+    from scheduler.solver import _finalize
+    from scheduler.solver_place import Placed
+
+    # 500m+250m+250m and 400m+300m+300m fill two devices exactly, but largest first with best-fit
+    # devices (how the decisions are applied) puts 400m beside 500m and leaves no room for the last 250m
+    shares = [("s500", 0.5), ("s400", 0.4), ("s300a", 0.3), ("s300b", 0.3), ("s250a", 0.25), ("s250b", 0.25)]
+    whole = [("w4", 4.0), ("w2", 2.0), ("w2b", 2.0)]
+    snap = snapshot([node("n0", gpus=2), node("n1", gpus=8)], [cq("cq", 100)],
+                    pending(*(workload(n, g, created=i) for i, (n, g) in enumerate(shares + whole))))
+    prepared = prepare(snap)
+    by_key = {c.key: c for c in prepared.candidates}
+    placed = [
+        Placed(by_key[f"default/{n}"], [(0, 1)], [("n0" if n.startswith("s") else "n1",)], [None], [], {})
+        for n, _ in shares + whole
+    ]
+    kept, dropped = _finalize(snap, placed)
+    assert [p.key for p in kept] == [f"default/{n}" for n in ("w4", "w2", "w2b", "s500", "s400", "s300a", "s300b", "s250a")]
+    assert list(dropped) == ["default/s250b"]
+    assert "would not bind on n0" in dropped["default/s250b"]
+
+
 def test_infeasible_gang_does_not_block_smaller_jobs() -> None:
     snap = snapshot([node("n0"), node("n1")], [cq("cq", 100)], pending(
         workload("huge", 8, 3, priority=10), workload("s1", 2, created=1), workload("s2", 8, created=2)))
