@@ -199,6 +199,8 @@ class Placer:
         self._graphs: dict[tuple[object, ...], TopologyGraph] = {}
         self._domains: dict[tuple[object, ...], Mapping[object, int]] = {}
         self._failures: dict[tuple[object, ...], str] = {}  # per epoch: nothing was bound since
+        self._shortfalls: tuple[object, dict[tuple[object, ...], str | None]] = (None, {})
+        """`quota_shortfall` results for one usage object (usages are replaced, never changed)."""
 
     # --- capacity -------------------------------------------------------------------------
 
@@ -452,6 +454,20 @@ class Placer:
 
     # --- whole workloads ---------------------------------------------------------------------------
 
+    def shortfall(self, cq: str, request: Mapping[FlavorResource, int]) -> str | None:
+        """`quota_shortfall` at the current usage. Between two admissions a cycle asks it for
+        many workloads of the same few shapes, once the quota is used up mostly in vain."""
+        usage = self.usage
+        seen, memo = self._shortfalls
+        if seen is not usage:
+            memo = {}
+            self._shortfalls = (usage, memo)
+        key = (cq, *sorted(request.items()))
+        if key in memo:
+            return memo[key]
+        why = memo[key] = quota_shortfall(self.snapshot, usage, cq, request)
+        return why
+
     def quota_fits(self, cq: str, request: Mapping[FlavorResource, int]) -> tuple[bool, bool]:
         """(fits, borrows) of ``request`` on top of the current usage."""
         fit = self.tree.fits(cq, {fr: v for fr, v in request.items() if v > 0}, self.usage)  # type: ignore[arg-type]
@@ -483,7 +499,7 @@ class Placer:
                     trial = dict(request)
                     for fr, v in opt.per_pod_quota.items():
                         trial[fr] = trial.get(fr, 0) + v * count
-                    why = quota_shortfall(self.snapshot, self.usage, candidate.cluster_queue, trial)
+                    why = self.shortfall(candidate.cluster_queue, trial)
                     if why is not None:
                         reasons.append(why)
                         continue
@@ -520,7 +536,7 @@ class Placer:
         for ps, (oi, count) in zip(candidate.podsets, choice):
             for fr, v in ps.options[oi].per_pod_quota.items():
                 request[fr] = request.get(fr, 0) + v * count
-        why = quota_shortfall(self.snapshot, self.usage, candidate.cluster_queue, request)
+        why = self.shortfall(candidate.cluster_queue, request)
         if why is not None:
             return why
         excluded = self.excluded(candidate)

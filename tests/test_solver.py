@@ -383,6 +383,22 @@ def test_finalize_drops_an_admission_whose_shares_do_not_bind_in_decision_order(
     assert "would not bind on n0" in dropped["default/s250b"]
 
 
+def test_placer_shortfall_is_quota_shortfall_at_the_current_usage() -> None:
+    from scheduler.solver_place import quota_shortfall
+
+    snap = snapshot([node("n0"), node("n1")], [cq("cq", 8)], pending(workload("a", 4, created=1), workload("b", 6, created=2)))
+    placer = Placer(snap)
+    six = {("gpu", GPU): 6 * G}
+    assert placer.shortfall("cq", six) is None
+    first = placer.try_admit(prepare(snap).candidates[0])
+    assert not isinstance(first, str)
+    placer.commit(first)  # a new usage object: what was memoised no longer holds
+    why = placer.shortfall("cq", six)
+    assert why == quota_shortfall(snap, placer.usage, "cq", six)
+    assert why is not None and "needs 6, 4 available" in why
+    assert placer.shortfall("cq", {("gpu", GPU): 4 * G}) is None
+
+
 def test_infeasible_gang_does_not_block_smaller_jobs() -> None:
     snap = snapshot([node("n0"), node("n1")], [cq("cq", 100)], pending(
         workload("huge", 8, 3, priority=10), workload("s1", 2, created=1), workload("s2", 8, created=2)))
