@@ -364,6 +364,10 @@ class Cluster:
         self._state_ids: dict[tuple[Any, ...], int] = {}
         self._fit_memo: dict[tuple[Any, int], int] = {}
         """`fit_count` by (pod, state id); shared with copies, as the state ids are."""
+        self._moves: dict[tuple[Any, ...], int] = {}
+        """The state a bind or unbind leads to, by (state id, pod, sign, (resource, free before,
+        amount) of each device it takes or gives back): these determine the new state, so most
+        binds skip building its key. Shared with copies, as the state ids are."""
         self._journals: list[list[tuple[str, Any]]] = []
         self.cache: dict[Any, Any] = {}
         """Results that depend only on labels, taints and schedulability (cleared when those change)."""
@@ -585,6 +589,7 @@ class Cluster:
         other._state_ids = self._state_ids
         other._allocated = dict(self._allocated)
         other._fit_memo = self._fit_memo
+        other._moves = self._moves
         other._journals = []
         other.cache = {}
         other.shared = self.shared
@@ -603,6 +608,7 @@ class Cluster:
         return node
 
     def _apply(self, node: NodeInfo, pod: PodRequest, devices: tuple[tuple[str, int, int], ...], sign: int) -> None:
+        move = (node.state_id, pod.items, sign, tuple((r, node.devices[r][i], a) for r, i, a in devices))
         # new ``used`` and device lists, never changed in place: copies of the node share them
         used = dict(node.used)
         allocated = self._allocated
@@ -620,7 +626,15 @@ class Cluster:
         node.pod_count += sign
         node.nonzero_cpu += sign * pod.nonzero("cpu")
         node.nonzero_memory += sign * pod.nonzero("memory")
-        self._restate(node)
+        sid = self._moves.get(move)
+        if sid is None:
+            self._restate(node)
+            if len(self._moves) >= FIT_MEMO_LIMIT:
+                self._moves.clear()
+            self._moves[move] = node.state_id
+        else:
+            node.state_id = sid
+            self._state_array[node.index] = sid
         self.version += 1
 
     def _restate(self, node: NodeInfo) -> None:

@@ -296,6 +296,35 @@ def test_allocated_totals_follow_binds_rollbacks_and_copies() -> None:
     assert cluster.allocated("example.com/none") == 0
 
 
+def test_state_ids_follow_remembered_moves_through_random_binds_and_copies() -> None:
+    """A bind or unbind takes its new state id from the moves the cluster remembers (state id,
+    pod, sign, device frees before): after each of many random ones, on a cluster and a copy
+    sharing the ids, every node's id is the one of its full state key."""
+    import random
+
+    rng = random.Random(7)
+    cluster = cluster_of(*(node_manifest(f"n{i}", gpus=4) for i in range(3)))
+    copies = [cluster, cluster.copy()]
+    held: list[tuple[Cluster, object]] = []
+    pods = [gpu_pod(250), gpu_pod(500), gpu_pod(750), gpu_pod(1000), gpu_pod(2000, cpu=3000)]
+    for _ in range(400):
+        c = rng.choice(copies)
+        mine = [b for owner, b in held if owner is c]
+        if mine and rng.random() < 0.45:
+            b = rng.choice(mine)
+            held.remove((c, b))
+            c.unbind(b)  # type: ignore[arg-type]
+        else:
+            name, pod = f"n{rng.randrange(3)}", rng.choice(pods)
+            if c.node(name).fits(pod):
+                held.append((c, c.bind(name, pod)))
+        for k in copies:
+            for n in k:
+                assert k._state_ids[n.state_key()] == n.state_id  # noqa: SLF001
+                assert k.state_array[n.index] == n.state_id
+    assert len(cluster._moves) > 10  # noqa: SLF001 - moves were remembered and reused
+
+
 def test_copy_is_independent() -> None:
     cluster = cluster_of(node_manifest("a", gpus=2))
     other = cluster.copy()
