@@ -327,7 +327,9 @@ def main() -> None:
         "cycle (Kueue order, best-fit placement) measured on the same snapshots; ratios are against it. "
         "GPUs admitted (quota) counts what the admissions reserve; GPUs on nodes only the pods the cycle bound "
         "(`kueue` admits by quota and leaves placement to kube-scheduler, so its pods are not on nodes yet). "
-        "`packing` rows: quota is no limit and shapes include 3- and 6-GPU pods and 300m shares.",
+        "`packing` rows: quota is no limit and shapes include 3- and 6-GPU pods and 300m shares. "
+        "Every row's cycles run with Python's cyclic garbage collector paused, as the policies run theirs "
+        "(`collector_paused`).",
         "",
         "| size (nodes / pending) | policy | p50 ms | p99 ms | p50 vs greedy | p99 vs greedy | GPUs admitted (quota) | GPUs on nodes | on nodes vs greedy | solver status | mean gap |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
