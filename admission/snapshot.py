@@ -277,9 +277,7 @@ class _PodFacts:
 def detached_copy(cluster: Cluster) -> Cluster:
     """A copy in the same state with a state-id table of its own, as a fresh build would give it (copies of
     one cluster share the table, and placement memoises on it: the memo's cluster must not grow with them)."""
-    other = cluster.copy()
-    other._state_ids = dict(cluster._state_ids)  # noqa: SLF001 - see the docstring
-    other._fit_memo = dict(cluster._fit_memo)  # noqa: SLF001 - memoised by state id: goes with the table
+    other = cluster.copy(own_ids=True)
     other.version = cluster.version
     return other
 

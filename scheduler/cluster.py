@@ -577,19 +577,21 @@ class Cluster:
                 finally:
                     self._journals = saved
 
-    def copy(self) -> Cluster:
+    def copy(self, own_ids: bool = False) -> Cluster:
         """An independent cluster in the same state (node objects, until either side changes one,
-        and state ids are shared)."""
+        and state ids are shared). ``own_ids``: the copy gets its own state-id table, starting
+        as this one, with the memos keyed by those ids (a long-lived cluster whose copies must not
+        grow its table)."""
         other = Cluster.__new__(Cluster)
         other.accelerators = self.accelerators
         other.nodes = dict(self.nodes)
         other._own = set()
         self._own = set()
         other._state_array = self._state_array.copy()
-        other._state_ids = self._state_ids
+        other._state_ids = dict(self._state_ids) if own_ids else self._state_ids
         other._allocated = dict(self._allocated)
-        other._fit_memo = self._fit_memo
-        other._moves = self._moves
+        other._fit_memo = dict(self._fit_memo) if own_ids else self._fit_memo
+        other._moves = dict(self._moves) if own_ids else self._moves
         other._journals = []
         other.cache = {}
         other.shared = self.shared

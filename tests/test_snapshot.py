@@ -298,13 +298,15 @@ def test_allocated_totals_follow_binds_rollbacks_and_copies() -> None:
 
 def test_state_ids_follow_remembered_moves_through_random_binds_and_copies() -> None:
     """A bind or unbind takes its new state id from the moves the cluster remembers (state id,
-    pod, sign, device frees before): after each of many random ones, on a cluster and a copy
-    sharing the ids, every node's id is the one of its full state key."""
+    pod, sign, device frees before): after each of many random ones, on a cluster, a copy
+    sharing its ids and a copy with ids of its own (as the operator's snapshots are), every
+    node's id is the one of its full state key in its cluster's table."""
     import random
 
     rng = random.Random(7)
     cluster = cluster_of(*(node_manifest(f"n{i}", gpus=4) for i in range(3)))
-    copies = [cluster, cluster.copy()]
+    cluster.bind("n0", gpu_pod(500))
+    copies = [cluster, cluster.copy(), cluster.copy(own_ids=True)]
     held: list[tuple[Cluster, object]] = []
     pods = [gpu_pod(250), gpu_pod(500), gpu_pod(750), gpu_pod(1000), gpu_pod(2000, cpu=3000)]
     for _ in range(400):
