@@ -917,6 +917,7 @@ class TesseraPolicy:
                     if attempt.reason is not None:
                         return None
                     nodes.update(attempt.nodes)
+                    placer.epoch += 1  # the next podsets meet these pods
                 trial.commit()
             return frozenset(nodes)
         finally:

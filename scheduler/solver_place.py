@@ -198,7 +198,10 @@ class Placer:
         self._indexes: dict[tuple[object, ...], _StateIndex] = {}
         self._graphs: dict[tuple[object, ...], TopologyGraph] = {}
         self._domains: dict[tuple[object, ...], Mapping[object, int]] = {}
-        self._failures: dict[tuple[object, ...], str] = {}  # per epoch: nothing was bound since
+        self._failures: dict[tuple[object, ...], str] = {}
+        """Placement failures per epoch. The epoch moves whenever the cluster changes other than
+        by one podset's own all-or-nothing attempt: commits and undos, and within one workload,
+        the pods of a podset that later ones meet (and their rollback)."""
         self._shortfalls: tuple[object, dict[tuple[object, ...], str | None]] = (None, {})
         """`quota_shortfall` results for one usage object (usages are replaced, never changed)."""
 
@@ -515,11 +518,15 @@ class Placer:
                     chosen.append((opt.index, count))
                     request = trial
                     done = True
+                    if attempt.bindings and i + 1 < len(candidate.podsets):
+                        self.epoch += 1  # the next podsets meet these pods: what was remembered is stale
                     break
                 if done:
                     break
             if not done:
-                self._unbind(bindings)
+                if bindings:
+                    self._unbind(bindings)
+                    self.epoch += 1  # back to the state before: what this try saw is not it
                 return reasons[0] if reasons else f"podset {ps.info.name}: no flavor fits"
         # `request` passed quota_shortfall as a whole with the last podset
         return Placed(candidate, chosen, placed_nodes, domains, bindings, request, self.borrows(candidate.cluster_queue, request))

@@ -399,6 +399,19 @@ def test_placer_shortfall_is_quota_shortfall_at_the_current_usage() -> None:
     assert placer.shortfall("cq", {("gpu", GPU): 4 * G}) is None
 
 
+def test_a_failed_multi_podset_workload_leaves_no_stale_failure_for_the_next_one() -> None:
+    # one free node: "pair" places its first podset there, not its second, and is rolled back;
+    # what its second podset saw (the node taken by the first) must not be remembered as the
+    # state the next workload of that shape meets
+    two = (PodSetInfo("first", 1, pod(8 * G)), PodSetInfo("second", 1, pod(8 * G)))
+    pair = WorkloadInfo("default", "pair", "q", two, creation_time=1)
+    snap = snapshot([node("n0")], [cq("cq", 16)], pending(pair, workload("single", 8, created=2)))
+    admitted, reasons = greedy_cycle(prepare(snap), Placer(snap))
+    assert [p.key for p in admitted] == ["default/single"]
+    assert "default/pair" in reasons
+    assert admitted_keys(run(snap)) == ["single"]
+
+
 def test_infeasible_gang_does_not_block_smaller_jobs() -> None:
     snap = snapshot([node("n0"), node("n1")], [cq("cq", 100)], pending(
         workload("huge", 8, 3, priority=10), workload("s1", 2, created=1), workload("s2", 8, created=2)))
