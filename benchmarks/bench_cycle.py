@@ -4,6 +4,9 @@
     python benchmarks/bench_cycle.py --quick    # fewer cycles
     python benchmarks/bench_cycle.py --memory   # also peak memory (tracemalloc) at 5,000 nodes / 20,000 pending
 
+Then, on instances of 16, 32 and 64 nodes (plain and packing), whether the solver proves
+optimality: solver statuses and gaps with `timeLimit` 1 s (the default) and 10 s.
+
 Each instance is a random but seeded busy cluster: nodes of 8 GPUs in racks of 16 and blocks of
 8 racks (a `Topology` block > rack > host), GPUs partly taken by running workloads of mixed
 shapes, eight team ClusterQueues sharing one cohort, and a pending set of mixed shapes: whole
@@ -257,6 +260,53 @@ def run_size(nodes: int, pending: int, cycles: int, policies: list[str], packing
     return out
 
 
+OPTIMALITY_SIZES = ((16, 25), (32, 50), (64, 100))
+"""Instances of up to 64 nodes (pending in the same ratio as the latency sizes), where the solver
+should prove optimality."""
+
+
+def optimality(nodes: int, pending: int, cycles: int, packing: bool, time_limit: float) -> dict[str, object]:
+    """One `tessera` cycle per instance with ``solver.timeLimit`` set: solver statuses, relative
+    gaps |objective - bound| / |objective| (0 when proven optimal) and cycle latencies."""
+    from scheduler.solver import TesseraPolicy
+
+    config = Configuration.model_validate({"solver": {"timeLimit": time_limit, "workers": 2}})
+    status: Counter[str] = Counter()
+    gaps: list[float] = []
+    lat: list[float] = []
+    solve: list[float] = []
+    for c in range(cycles):
+        snap = replace(make_instance(nodes, pending, seed=2000 + c, packing=packing), config=config)
+        policy = TesseraPolicy()
+        t0 = time.perf_counter()
+        d = policy.schedule(snap)
+        lat.append((time.perf_counter() - t0) * 1000)
+        status[d.stats.solver_status.split(":")[0].split(" (")[0] or "-"] += 1
+        if d.stats.objective is not None and d.stats.bound is not None:
+            gaps.append(abs(d.stats.bound - d.stats.objective) / max(1.0, abs(d.stats.objective)))
+        if policy.last is not None:
+            solve.append(policy.last.wall * 1000)
+    return {"status": status, "gaps": gaps, "lat": lat, "solve": solve}
+
+
+def optimality_rows(cycles: int, limits: tuple[float, ...] = (1.0, 10.0)) -> list[str]:
+    rows = []
+    for packing in (False, True):
+        for nodes, pending in OPTIMALITY_SIZES:
+            for limit in limits:
+                r = optimality(nodes, pending, cycles, packing, limit)
+                status = ", ".join(f"{k} {v}" for k, v in sorted(r["status"].items()))  # type: ignore[union-attr]
+                gaps = r["gaps"] or [0.0]
+                label = f"{nodes} x 8 GPU / {pending}{' packing' if packing else ''}"
+                rows.append(
+                    f"| {label} | {limit:g} s | {status} | {100 * statistics.mean(gaps):.3f}% | {100 * max(gaps):.3f}% | "  # type: ignore[arg-type]
+                    f"{_pct(r['solve'], 0.5):.0f} / {max(r['solve'] or [float('nan')]):.0f} | "  # type: ignore[arg-type]
+                    f"{_pct(r['lat'], 0.5):.0f} / {max(r['lat']):.0f} |"  # type: ignore[arg-type]
+                )
+                print("  " + rows[-1], flush=True)
+    return rows
+
+
 def peak_memory(nodes: int, pending: int) -> tuple[float, float, str]:
     from scheduler.solver import TesseraPolicy
 
@@ -334,6 +384,20 @@ def main() -> None:
         "| size (nodes / pending) | policy | p50 ms | p99 ms | p50 vs greedy | p99 vs greedy | GPUs admitted (quota) | GPUs on nodes | on nodes vs greedy | solver status | mean gap |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
         *rows,
+    ]
+    opt_cycles = 4 if args.quick else 10
+    lines += [
+        "",
+        "## Optimality up to 64 nodes",
+        "",
+        f"{opt_cycles} instances per row (seeds 2000 on; the same generator, pending in the same ratio), one "
+        "`tessera` cycle each with `solver.timeLimit` as given (`workers: 2`). Status counts are the solver's; "
+        "gap is |objective - bound| / |objective| (0 when optimal); solve = CP-SAT wall time, cycle = the whole "
+        "cycle, p50 / max in ms.",
+        "",
+        "| size (nodes / pending) | timeLimit | solver status | mean gap | max gap | solve ms | cycle ms |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        *optimality_rows(opt_cycles),
     ]
     if args.memory:
         mib, secs, status = peak_memory(5000, 20000)

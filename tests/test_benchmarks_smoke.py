@@ -248,3 +248,6 @@ def test_cycle_benchmark_measures_the_next_cycle_on_the_state_left() -> None:
     out = bench_cycle.run_size(32, 40, 1, ["tessera"])
     assert set(out) == {"tessera", "tessera next", "greedy"}
     assert len(out["tessera next"]["lat"]) == 1 and out["tessera next"]["lat"][0] > 0  # type: ignore[index]
+    opt = bench_cycle.optimality(16, 25, 1, packing=True, time_limit=1.0)
+    assert sum(opt["status"].values()) == 1 and len(opt["lat"]) == 1  # type: ignore[attr-defined, arg-type]
+    assert all(0 <= g < 1 for g in opt["gaps"])  # type: ignore[attr-defined]
