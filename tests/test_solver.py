@@ -412,6 +412,31 @@ def test_a_failed_multi_podset_workload_leaves_no_stale_failure_for_the_next_one
     assert admitted_keys(run(snap)) == ["single"]
 
 
+def test_placer_quota_fits_says_what_the_quota_tree_says() -> None:
+    queues = [cq("a", 8, cohort="c", limits={"borrowingLimit": 4}), cq("b", 8, cohort="c", flavors=("gpu", "other"))]
+    snap = snapshot([node("n0")], queues, pending(workload("w", 1)), flavors=[flavor("gpu"), flavor("other")])
+    placer = Placer(snap)
+    requests = [{("gpu", GPU): g * G} for g in range(0, 20)] + [
+        {("other", GPU): G},  # a flavor "a" has no quota in
+        {("gpu", GPU): 2 * G, ("gpu", "cpu"): 2000 * G},  # within GPUs, above every CPU quota
+        {("gpu", GPU): 0, ("gpu", "cpu"): 4 * G},
+    ]
+    checked = set()
+    for used_a, used_b in ((0, 0), (6, 0), (0, 6), (10, 3), (12, 4)):
+        usage = snap.usage
+        if used_a:
+            usage = usage.admit("a", {("gpu", GPU): used_a * G})
+        if used_b:
+            usage = usage.admit("b", {("gpu", GPU): used_b * G})
+        placer.usage = usage
+        for queue in ("a", "b"):
+            for request in requests:
+                fit = snap.tree.fits(queue, {fr: v for fr, v in request.items() if v > 0}, usage)
+                assert placer.quota_fits(queue, request) == (fit.fits, fit.borrows), (queue, used_a, used_b, request)
+                checked.add((fit.fits, fit.borrows))
+    assert checked == {(True, False), (True, True), (False, False)}
+
+
 def test_infeasible_gang_does_not_block_smaller_jobs() -> None:
     snap = snapshot([node("n0"), node("n1")], [cq("cq", 100)], pending(
         workload("huge", 8, 3, priority=10), workload("s1", 2, created=1), workload("s2", 8, created=2)))
