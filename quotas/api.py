@@ -430,6 +430,11 @@ class WaitForPodsReadyConfig(ApiModel):
 class SolverConfig(ApiModel):
     time_limit: Duration = 1.0
     workers: int = Field(default=2, ge=1, le=64)
+    max_candidates: int | None = Field(default=None, ge=1, le=100_000)
+    """Pending workloads one cycle's model decides (`tessera`): the greedy pass's last admissions
+    and the first workloads it left out; the rest keep the greedy's decisions. Larger is more
+    global and slower. None: a quarter of the cluster's nodes, at least 40 and at most 300
+    (docs/solver.md, *Scaling*)."""
 
 
 Framework = Literal["batch/job", "jobset.x-k8s.io/jobset", "kubeflow.org/pytorchjob", "deployment"]

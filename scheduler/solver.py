@@ -71,6 +71,18 @@ MIN_SOLVER_SHARE = 0.25
 KUEUE_BASELINE_MAX = 64
 """Up to this many pending workloads, Kueue's own greedy cycle is a second baseline."""
 
+WINDOW_MIN, WINDOW_PER_NODES, WINDOW_MAX = 40, 4, 300
+
+
+def window_for(nodes: int) -> int:
+    """The model's default window (`solver.maxCandidates` unset): a quarter of the nodes, at
+    least 40 and at most 300. What a cycle admits, and so the frontier where packing decides,
+    grows with the cluster, while the model's cost grows faster than its size: at 128 nodes with
+    200 pending a window of 40 takes about 60 ms per cycle, 300 about 210 ms, for the same
+    GPUs admitted (docs/solver.md, *Scaling*)."""
+    return min(WINDOW_MAX, max(WINDOW_MIN, nodes // WINDOW_PER_NODES))
+
+
 MAX_RESERVATIONS = 4
 MAX_PREEMPTORS = 16
 _KEY = attrgetter("key")
@@ -285,7 +297,7 @@ class TesseraPolicy:
         self,
         *,
         aging_threshold: float = 3600.0,
-        max_candidates: int = 300,
+        max_candidates: int | None = None,
         deterministic: bool = True,
         duration_of: Callable[[object], float | None] | None = None,
         backfill: bool = True,
@@ -295,6 +307,7 @@ class TesseraPolicy:
     ) -> None:
         self.aging_threshold = aging_threshold
         self.max_candidates = max_candidates
+        """The model's window; None: the snapshot's `solver.maxCandidates`, else `window_for`."""
         self.deterministic = deterministic
         self.duration_of = duration_of
         self.backfill = backfill
@@ -337,7 +350,8 @@ class TesseraPolicy:
         objective = bound = None
         considered = 0
         if prepared.candidates:
-            fixed, model_cands = self._window(prepared, greedy.admitted)
+            budget = self.max_candidates or solver_cfg.max_candidates or window_for(len(snapshot.cluster.nodes))
+            fixed, model_cands = self._window(prepared, greedy.admitted, budget)
             considered = len(model_cands)
             greedy_seconds = time.monotonic() - start
             # the solver stops at timeLimit, leaving about half the greedy's time for expansion and
@@ -482,17 +496,18 @@ class TesseraPolicy:
                 reasons[c.key] = f"StrictFIFO: waiting behind the head of ClusterQueue {c.cluster_queue}"
         return _Outcome(admitted + more, reasons, placer, ordered=True)  # the order they were bound in
 
-    def _window(self, prepared: Prepared, greedy: Sequence[Placed]) -> tuple[list[Placed], list[Candidate]]:
+    @staticmethod
+    def _window(prepared: Prepared, greedy: Sequence[Placed], budget: int) -> tuple[list[Placed], list[Candidate]]:
         """Which greedy admissions stay fixed, and which candidates the model decides.
 
-        Up to ``max_candidates`` candidates go to the model: up to half of the budget for
+        Up to ``budget`` candidates go to the model: up to half of the budget for
         workloads the greedy cycle left out (queue order), the rest for the greedy's *last*
         admissions, whose capacity the left-out ones compete for. The greedy's earlier
         admissions (the head of the queue) stay as they are. Small cycles fit entirely.
         """
         admitted = {p.key for p in greedy}
         left_out = [c for c in prepared.candidates if c.key not in admitted]
-        budget = max(1, self.max_candidates)
+        budget = max(1, budget)
         take_out = left_out[: max(budget // 2, budget - len(greedy))]
         room = budget - len(take_out)
         fixed = list(greedy[: max(0, len(greedy) - room)])

@@ -437,6 +437,25 @@ def test_placer_quota_fits_says_what_the_quota_tree_says() -> None:
     assert checked == {(True, False), (True, True), (False, False)}
 
 
+def test_model_window_comes_from_the_configuration_or_the_cluster_size() -> None:
+    from scheduler.solver import window_for
+
+    assert [window_for(n) for n in (1, 128, 200, 1024, 5000)] == [40, 40, 50, 256, 300]
+    assert config().solver.max_candidates is None
+    with pytest.raises(ValueError, match="max_candidates|maxCandidates"):
+        Configuration.model_validate({"solver": {"maxCandidates": 0}})
+    # six 1-GPU workloads on two nodes with room for four: the greedy admits four
+    work = pending(*(workload(f"w{i}", 1, created=i) for i in range(6)))
+    nodes = [node("n0", gpus=2), node("n1", gpus=2)]
+    whole = run(snapshot(nodes, [cq("cq", 16)], work))
+    assert whole.stats.considered == 6  # the default window (40 on two nodes) takes them all
+    cfg = Configuration.model_validate({"solver": {"timeLimit": 2.0, "workers": 1, "maxCandidates": 2}})
+    narrow = run(snapshot([node("n0", gpus=2), node("n1", gpus=2)], [cq("cq", 16)], work, cfg=cfg))
+    assert narrow.stats.considered == 2  # the greedy's last admission and the first it left out
+    assert len(narrow.admissions) == len(whole.admissions) == 4
+    assert TesseraPolicy(max_candidates=3).schedule(snapshot(nodes, [cq("cq", 16)], work, cfg=cfg)).stats.considered == 3
+
+
 def test_infeasible_gang_does_not_block_smaller_jobs() -> None:
     snap = snapshot([node("n0"), node("n1")], [cq("cq", 100)], pending(
         workload("huge", 8, 3, priority=10), workload("s1", 2, created=1), workload("s2", 8, created=2)))
