@@ -1,4 +1,5 @@
-"""The `tessera` policy: one CP-SAT model per scheduling cycle over the whole pending set.
+"""The `tessera` policy: a greedy pass over the whole pending set, then one CP-SAT model per
+scheduling cycle over its frontier (`solver.maxCandidates` workloads, see `window_for`).
 
 A cycle (see docs/solver.md for the full description):
 
