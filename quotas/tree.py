@@ -572,6 +572,15 @@ class QuotaTree:
             )
         return ResourceFit(fr, amount, mode, avail, potential, level, borrow_from, reason, (self, node, usage))
 
+    def admissible(self, cq: NodeRef, request: Mapping[FlavorResource, int], usage: Usage) -> bool:
+        """Whether :meth:`fits` would say ``request`` fits, without building its per-resource
+        explanations (a scheduler that checks every proposal of a cycle asks this)."""
+        node = self.node(cq)
+        for fr, v in request.items():
+            if v > 0 and (fr not in node.quotas or v > self.potential_available(node, fr) or v > self.available(node, fr, usage)):
+                return False
+        return True
+
     def fits(self, cq: NodeRef, request: Mapping[FlavorResource, int], usage: Usage) -> FitResult:
         """Whether ``request`` (milli-units per FlavorResource) fits ClusterQueue ``cq`` now.
 

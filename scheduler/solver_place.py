@@ -472,15 +472,9 @@ class Placer:
         return why
 
     def quota_fits(self, cq: str, request: Mapping[FlavorResource, int]) -> tuple[bool, bool]:
-        """(fits, borrows) of ``request`` on top of the current usage: what `QuotaTree.fits` says
-        (every FlavorResource in the queue's quota, within what it could ever hold and what is
-        available now), without building its per-resource explanations."""
-        tree = self.tree
-        node = tree.cluster_queue(cq)
-        usage = self.usage
-        for fr, v in request.items():
-            if v > 0 and (fr not in node.quotas or v > tree.potential_available(node, fr) or v > tree.available(node, fr, usage)):  # type: ignore[arg-type]
-                return False, False
+        """(fits, borrows) of ``request`` on top of the current usage, as `QuotaTree.fits` says."""
+        if not self.tree.admissible(self.tree.cluster_queue(cq), request, self.usage):  # type: ignore[arg-type]
+            return False, False
         return True, self.borrows(cq, request)
 
     def borrows(self, cq: str, request: Mapping[FlavorResource, int]) -> bool:
