@@ -508,16 +508,17 @@ class Cluster:
     # --- mutation ----------------------------------------------------------------------------
 
     def bind(self, node_name: str, pod: PodRequest, devices: tuple[tuple[str, int, int], ...] | None = None,
-             prefer: Mapping[str, int] | None = None) -> Binding:
+             prefer: Mapping[str, int] | None = None, fits: bool = False) -> Binding:
         """Bind one pod to a node and return the Binding that undoes it.
 
         ``devices`` pins the exact device shares (as `NodeInfo.choose_devices` returns them);
         otherwise they are chosen (see there; ``prefer`` passes a scorer's device choice).
         Raises ValueError when the pod does not fit: callers filter first, and the cluster
-        never goes over capacity.
+        never goes over capacity. ``fits``: the caller has just learnt that it does (a positive
+        `fit_count` of the node's current state), so the check is not repeated.
         """
         node = self.nodes[node_name]
-        reason = node.fit_failure(pod)
+        reason = None if fits else node.fit_failure(pod)
         if reason is not None:
             raise ValueError(f"pod {pod} does not fit on node {node_name}: {reason}")
         if devices is None:

@@ -105,14 +105,15 @@ class Candidate:
     podsets: list[PodSetCandidate]
     order: int = 0
     """Position in queue order (priority, then queue time)."""
+    key: str = field(init=False)
+    """The pending workload's key, read tens of thousands of times a cycle (an attribute, not a property)."""
+
+    def __post_init__(self) -> None:
+        self.key = self.pending.key
 
     @property
     def workload(self) -> WorkloadInfo:
         return self.pending.workload
-
-    @property
-    def key(self) -> str:
-        return self.pending.key
 
     @property
     def priority(self) -> int:

@@ -345,7 +345,7 @@ class Placer:
                     self._unbind(bindings)
                     return None
                 name = min(members)
-                bindings.append(self.cluster.bind(name, pod))
+                bindings.append(self.cluster.bind(name, pod, fits=True))  # its state's fit count is positive
                 names.append(name)
                 self.touch((name,))
                 sid = nodes[name].state_id
@@ -382,7 +382,6 @@ class Placer:
         pod = ps.pod
         if plan is not None:
             return self._bind_plan(pod, plan, domain)
-        flavor_text = "/".join(sorted(set(opt.flavors.values())))
         memo = (pod.items, opt.group, excluded, count, self.epoch)
         known = self._failures.get(memo)
         if known is not None:
@@ -418,7 +417,7 @@ class Placer:
             if total < count:
                 reason = self._short(ps, opt, count, total, excluded)
             else:
-                reason = f"podset {ps.info.name}: {count} pods of {describe_pod(pod)} do not all fit on the nodes of flavor {flavor_text}"
+                reason = f"podset {ps.info.name}: {count} pods of {describe_pod(pod)} do not all fit on the nodes of flavor {_flavor_text(opt)}"
             self._failures[memo] = reason
             return _Attempt(reason=reason)
         return _Attempt(tuple(got[0]), got[1])
@@ -426,10 +425,9 @@ class Placer:
     def _short(self, ps: PodSetCandidate, opt: PodSetOption, count: int, total: int, excluded: frozenset[str]) -> str:
         """``only 3 of 4 pods of 8 GPUs fit on the 12 nodes of flavor h100 it may use``."""
         nodes = len(self.allowed_nodes(opt, excluded))
-        flavor_text = "/".join(sorted(set(opt.flavors.values())))
         reason = (
             f"podset {ps.info.name}: only {total} of {count} pods of {describe_pod(ps.pod)} fit on the "
-            f"{nodes} node{'s' if nodes != 1 else ''} of flavor {flavor_text} it may use"
+            f"{nodes} node{'s' if nodes != 1 else ''} of flavor {_flavor_text(opt)} it may use"
         )
         if excluded and self.fit_total(ps.pod, opt, frozenset()) >= count:  # (all its nodes)
             reason += " (some nodes are reserved for an older or higher-priority workload)"
@@ -583,6 +581,11 @@ class Placer:
             if c not in out and lo <= c < hi:
                 out.append(c)
         return out
+
+
+def _flavor_text(opt: PodSetOption) -> str:
+    """``h100`` or ``a100/cpu-pool``: the flavors an option uses, for reasons."""
+    return "/".join(sorted(set(opt.flavors.values())))
 
 
 def greedy_cycle(

@@ -294,8 +294,10 @@ def test_cycle_runs_with_the_cyclic_collector_paused_and_restores_it(name: str, 
             gc.enable()
         else:
             gc.disable()
-    # collections while entering and leaving the call (an unpaused cycle runs thousands here)
-    assert len(runs) <= 4
+    # an unpaused cycle runs thousands here; paused, only entering the `with` allocates before
+    # the pause (the pause object, its bound __exit__), and leaving it allocates nothing after
+    # re-enabling: the collection the cycle put off runs at the caller's next allocation
+    assert len(runs) <= 2
     assert sorted(decisions.admissions, key=lambda a: a.key)[0].key == "default/a"
 
 
