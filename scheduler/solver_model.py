@@ -54,9 +54,13 @@ __all__ = ["ModelResult", "NodeClass", "Proposal", "SolveParams", "build_classes
 
 HOST_LABEL = "kubernetes.io/hostname"
 MAX_COEF = 1 << 52
+"""Objective coefficients stay below this (CP-SAT is exact in int64; the LP in doubles)."""
 COUNT_BONUS = 8
 """Secondary bonus per admitted workload: among cycles admitting the same GPU, more workloads."""
-"""Objective coefficients stay below this (CP-SAT is exact in int64; the LP in doubles)."""
+FIRST_SHARE = 0.5
+"""Share of a model's budget for solving its whole objective at once (`_Builder.solve`)."""
+PRIMARY_SHARE = 0.5
+"""Share of what is left for proving the GPU-time part alone when the first solve did not prove."""
 
 LinearTerms = list[tuple[cp_model.IntVar, int]]
 
@@ -449,6 +453,9 @@ class ModelResult:
     """Components with a solution (the others' candidates are left to the backfill)."""
     patterns: dict[int, list[tuple[dict[PodRequest, int], int]]] = field(default_factory=dict)
     """Per class modelled with per-node patterns: the patterns in use and how many nodes each."""
+    primary_proven: bool = False
+    """The priority-weighted GPU-time part of the objective is proven at its optimum (the
+    whole objective may not be: `status`)."""
 
 
 @dataclass(eq=False)
@@ -532,6 +539,9 @@ class _Builder:
         self.gpu_unit = max(1, unit)
         """GPU milli per objective unit: the gcd of every candidate's per-pod GPU, so the GPU term is exact."""
         self.patterns: dict[int, tuple[list[PodRequest], list[int], list[tuple[int, ...]], list[cp_model.IntVar]]] = {}
+        self.primary_items: list[tuple[int, int]] = []
+        """The objective's priority-weighted GPU-time part (variable index, coefficient)."""
+        self.objective_items: list[tuple[int, int]] = []
 
     # --- variables ---
 
@@ -927,12 +937,19 @@ class _Builder:
             for prim in tiers[p]:
                 for i, c in prim.items():
                     coefs[i] += weights[p] * c
+        self.primary_items = [(i, c) for i, c in sorted(coefs.items()) if c]
         for i, c in self.secondary.items():
             coefs[i] += c
-        items = [(i, c) for i, c in sorted(coefs.items()) if c]
-        self.model.maximize(cp_model.LinearExpr.weighted_sum([self.vars[i] for i, _ in items], [c for _, c in items]))
+        self.objective_items = [(i, c) for i, c in sorted(coefs.items()) if c]
+        self._maximize(self.objective_items)
         self.strict = strict
         return strict
+
+    def _expr(self, items: Sequence[tuple[int, int]]) -> cp_model.LinearExpr:
+        return cp_model.LinearExpr.weighted_sum([self.vars[i] for i, _ in items], [c for _, c in items])
+
+    def _maximize(self, items: Sequence[tuple[int, int]]) -> None:
+        self.model.maximize(self._expr(items))
 
     # --- hint ---
 
@@ -1018,7 +1035,52 @@ class _Builder:
     # --- solve ---
 
     def solve(self, wall: float, deterministic: float) -> tuple[ModelResult, cp_model.CpSolver]:
-        """Solve within ``wall`` seconds and, in deterministic mode, ``deterministic`` time units."""
+        """Solve within ``wall`` seconds and, in deterministic mode, ``deterministic`` time units.
+
+        The whole objective first, on part of the budget: most models are proven there. One
+        that is not is solved lexicographically with the rest: its priority-weighted GPU-time
+        alone (proven in a fraction of the time: the lower terms, fragmentation above all, are
+        what makes proofs long), then the whole objective with that part held at its optimum.
+        The primary terms outweigh the rest, so the second solve's optimum and bound are the
+        whole model's; and where the first solve stopped at a packing with less GPU-time, the
+        result now has the most there is (`ModelResult.primary_proven`)."""
+        start = time.monotonic()
+        first, solver = self._solve_once(wall * FIRST_SHARE, deterministic * FIRST_SHARE)
+        if first.status not in ("FEASIBLE", "UNKNOWN") or not self.primary_items:
+            first.primary_proven = first.status == "OPTIMAL"
+            return first, solver
+        spent = first.deterministic_time
+        if first.status == "FEASIBLE":
+            self._rehint(list(solver.response_proto.solution))
+        self._maximize(self.primary_items)
+        left_wall = wall - (time.monotonic() - start)
+        primary, p_solver = self._solve_once(left_wall * PRIMARY_SHARE, (deterministic - spent) * PRIMARY_SHARE, extract=False)
+        spent += primary.deterministic_time
+        self._maximize(self.objective_items)
+        if primary.status != "OPTIMAL":
+            first.wall += primary.wall
+            first.deterministic_time += primary.deterministic_time
+            return first, solver
+        self.model.add(self._expr(self.primary_items) >= round(p_solver.objective_value))
+        self._rehint(list(p_solver.response_proto.solution))
+        left_wall = wall - (time.monotonic() - start)
+        second, s_solver = self._solve_once(left_wall, deterministic - spent)
+        second.wall += first.wall + primary.wall
+        second.deterministic_time += spent
+        second.primary_proven = True
+        if second.objective is None:  # no time left for even the hint: the first solution stands
+            first.wall, first.deterministic_time, first.primary_proven = second.wall, second.deterministic_time, False
+            return first, solver
+        return second, s_solver
+
+    def _rehint(self, values: Sequence[int]) -> None:
+        """A complete hint: ``values`` of every variable, in model order."""
+        self.model.clear_hints()
+        hint = self.model.proto.solution_hint
+        hint.vars.extend(range(len(values)))
+        hint.values.extend(values)
+
+    def _solve_once(self, wall: float, deterministic: float, extract: bool = True) -> tuple[ModelResult, cp_model.CpSolver]:
         solver = cp_model.CpSolver()
         p = solver.parameters
         p.random_seed = self.params.seed & 0x7FFFFFFF
@@ -1044,8 +1106,9 @@ class _Builder:
         if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             result.objective = solver.objective_value
             result.bound = solver.best_objective_bound
-            result.proposals = self._extract(solver)
-            result.patterns = self.extract_patterns(solver)
+            if extract:
+                result.proposals = self._extract(solver)
+                result.patterns = self.extract_patterns(solver)
         return result, solver
 
     def _extract(self, solver: cp_model.CpSolver) -> list[Proposal]:
@@ -1302,7 +1365,7 @@ def solve_cycle(
         b.hint(hint, node_class, usage_after_hint)
         builders.append(b)
 
-    total = ModelResult("OPTIMAL", components=len(builders), objective=0.0, bound=0.0)
+    total = ModelResult("OPTIMAL", components=len(builders), objective=0.0, bound=0.0, primary_proven=True)
     rank = {"OPTIMAL": 0, "FEASIBLE": 1, "UNKNOWN": 2, "INFEASIBLE": 3, "MODEL_INVALID": 4}
     weights = [max(1, len(b.vars)) for b in builders]
     all_weight = sum(weights)
@@ -1337,6 +1400,7 @@ def solve_cycle(
             total.status = res.status
         if res.objective is not None:
             total.solved += 1
+        total.primary_proven = total.primary_proven and res.primary_proven
         if res.objective is None:
             total.objective = total.bound = None
         elif total.objective is not None:

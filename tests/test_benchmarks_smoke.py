@@ -251,3 +251,4 @@ def test_cycle_benchmark_measures_the_next_cycle_on_the_state_left() -> None:
     opt = bench_cycle.optimality(16, 25, 1, packing=True, time_limit=1.0)
     assert sum(opt["status"].values()) == 1 and len(opt["lat"]) == 1  # type: ignore[attr-defined, arg-type]
     assert all(0 <= g < 1 for g in opt["gaps"])  # type: ignore[attr-defined]
+    assert opt["primary"] == 1  # a 16-node cycle's GPU-time is proven

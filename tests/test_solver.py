@@ -822,3 +822,32 @@ def test_podset_options_are_kept_across_cycles_with_this_cycles_group_ids(monkey
     assert got.groups == fresh.groups and got.group_nodes == fresh.group_nodes
     assert [[o.group for ps in c.podsets for o in ps.options] for c in got.candidates] == [[0], [1]]
     assert [[o.group for ps in c.podsets for o in ps.options] for c in fresh.candidates] == [[0], [1]]
+
+
+# --- the lexicographic fallback ------------------------------------------------------------------
+
+
+def test_a_model_not_proven_at_once_is_solved_lexicographically(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scheduler import solver_model
+
+    cfg = config(time_limit=1.0)
+    plain = TesseraPolicy()
+    expected = plain.schedule(_medium(5, cfg))
+    assert plain.last is not None and plain.last.status == "OPTIMAL" and plain.last.primary_proven
+    calls: list[str] = []
+    once = solver_model._Builder._solve_once
+
+    def spy(self: Any, wall: float, deterministic: float, extract: bool = True) -> Any:
+        result = once(self, wall, deterministic, extract)
+        calls.append(result[0].status)
+        return result
+
+    monkeypatch.setattr(solver_model._Builder, "_solve_once", spy)
+    monkeypatch.setattr(solver_model, "FIRST_SHARE", 0.0)  # the whole objective at once gets no time
+    policy = TesseraPolicy()
+    d = policy.schedule(_medium(5, cfg))
+    verify(_medium(5, cfg), d)
+    assert calls[0] != "OPTIMAL" and len(calls) == 3  # whole, GPU-time alone, whole with it held
+    assert policy.last is not None and policy.last.primary_proven and policy.last.status == "OPTIMAL"
+    assert policy.last.objective == plain.last.objective == policy.last.bound
+    assert decisions_value(d, _medium(5, cfg)) == decisions_value(expected, _medium(5, cfg))
