@@ -1091,6 +1091,7 @@ class _Builder:
         p.cp_model_presolve = False
         p.cp_model_probing_level = 0
         p.symmetry_level = 0
+        p.cut_level = 0  # the LP's cuts (MIR, CG, ...) cost more time than the bounds they buy here
         if self.params.deterministic:
             # one search thread per model (components run side by side, see `solve_cycle`)
             p.num_workers = 1
