@@ -229,6 +229,9 @@ def build_classes(
 MAX_PATTERNS = 128
 _PATTERN_BUDGET = 6000
 
+_FillState = tuple[tuple[int, ...], int, tuple[tuple[int, tuple[int, ...]], ...]]
+"""A node being filled (`_NodeFit.initial`)."""
+
 
 class _NodeFit:
     """Whether a count vector of pod shapes fits one node of a class, devices included.
@@ -259,7 +262,93 @@ class _NodeFit:
                 uses = [(i, *dshapes[i][k]) for i in order if dshapes[i][k] != (0, 0)]  # type: ignore[misc]
                 full = sum(1 for d in devs if d == DEVICE_MILLI)
                 self.plan.append((full, sorted(d for d in devs if 0 < d < DEVICE_MILLI), uses))
+        self.order = order
+        self._uses = [{i: (many, per) for i, many, per in uses} for _, _, uses in self.plan]
+        # where whole-device pods all bind before any share (pods largest first: one accelerator),
+        # one more whole-device pod fits iff the devices left fully free at the end can hold it
+        self._whole_first = [
+            all(per == DEVICE_MILLI for _, _, per in uses[: sum(1 for _, _, per in uses if per == DEVICE_MILLI)])
+            for _, _, uses in self.plan
+        ]
         self._memo: dict[tuple[int, ...], bool] = {}
+
+    # --- incremental form, for shapes given in binding order (`_enumerate_patterns`) ---
+
+    def initial(self) -> _FillState:
+        """The state of an empty node: (sums per other resource, pods, per accelerator (fully
+        free devices, the other non-empty amounts sorted))."""
+        return (tuple(0 for _ in self.columns), 0, tuple((full, tuple(partial)) for full, partial, _ in self.plan))
+
+    def add(self, state: _FillState, i: int) -> _FillState | None:
+        """``state`` with one more pod of shape ``i`` bound after the others, or None if it does
+        not fit. Binding after the others is binding in order when no later shape has pods yet."""
+        sums, pods, devs = state
+        if self.pods_room is not None and pods + 1 > self.pods_room:
+            return None
+        grown = []
+        for (need, room), v in zip(self.columns, sums):
+            v += need[i]
+            if v > room:
+                return None
+            grown.append(v)
+        out = list(devs)
+        for k, uses in enumerate(self._uses):
+            use = uses.get(i)
+            if use is None:
+                continue
+            full, amounts = devs[k]
+            many, per = use
+            if per == DEVICE_MILLI:
+                full -= many
+                if full < 0:
+                    return None
+            else:
+                at = bisect_left(amounts, per)
+                if at < len(amounts):
+                    left = amounts[at] - per
+                    amounts = amounts[:at] + amounts[at + 1 :]
+                elif full > 0:
+                    full -= 1
+                    left = DEVICE_MILLI - per
+                else:
+                    return None
+                if left:
+                    at = bisect_left(amounts, left)
+                    amounts = amounts[:at] + (left,) + amounts[at:]
+            out[k] = (full, amounts)
+        return (tuple(grown), pods + 1, tuple(out))
+
+    def can_add(self, state: _FillState, counts: list[int], j: int) -> bool:
+        """Whether ``counts`` (whose bound state is ``state``) plus one pod of shape ``j`` fits,
+        as ``self(counts + e_j)`` says. Exact shortcuts where the answer follows from the end
+        state: other resources and pod room always; a whole-device pod where whole-device pods
+        bind first (shares after them take the same fully free devices whatever is left); a
+        share when no later shape has pods on that accelerator (it binds last). Otherwise the
+        vector is simulated."""
+        sums, pods, devs = state
+        if self.pods_room is not None and pods + 1 > self.pods_room:
+            return False
+        for (need, room), v in zip(self.columns, sums):
+            if v + need[j] > room:
+                return False
+        for k, uses in enumerate(self._uses):
+            use = uses.get(j)
+            if use is None:
+                continue
+            full, amounts = devs[k]
+            many, per = use
+            if per == DEVICE_MILLI and self._whole_first[k]:
+                if full < many:
+                    return False
+            elif per < DEVICE_MILLI and not any(counts[i] for i in uses if i > j):
+                if full <= 0 and (not amounts or amounts[-1] < per):
+                    return False
+            else:
+                counts[j] += 1
+                got = self(counts)
+                counts[j] -= 1
+                return got
+        return True
 
     def __call__(self, counts: Sequence[int]) -> bool:
         key = tuple(counts)
@@ -356,44 +445,61 @@ def node_patterns(cls: NodeClass, shapes: Sequence[PodRequest], caps: Sequence[i
 
 
 def _enumerate_patterns(cls: NodeClass, shapes: Sequence[PodRequest], caps: Sequence[int], accelerators: Iterable[str]) -> list[tuple[int, ...]] | None:
-    fits = _NodeFit(cls, shapes, accelerators)
-    if not fits.valid:
+    """Depth-first over the shapes in binding order (`_NodeFit`: largest first), most pods
+    first; the node's state is carried down the path (`_NodeFit.add`), so a count is extended
+    pod by pod instead of simulated again."""
+    probe = _NodeFit(cls, shapes, accelerators)
+    if not probe.valid:
         return None
+    order = probe.order
+    if order != list(range(len(shapes))):  # enumerate in binding order, answer in the given one
+        got = _enumerate_patterns(cls, [shapes[i] for i in order], [caps[i] for i in order], accelerators)
+        if got is None:
+            return None
+        back = [order.index(i) for i in range(len(shapes))]
+        return [tuple(pat[back[i]] for i in range(len(shapes))) for pat in got]
+    fits = probe
     n = len(shapes)
     out: list[tuple[int, ...]] = []
     visited = 0
     counts = [0] * n
 
-    def rec(i: int) -> bool:
+    def rec(i: int, state: _FillState) -> bool:
         nonlocal visited
         visited += 1
         if visited > _PATTERN_BUDGET or len(out) > MAX_PATTERNS:
             return False
         if i == n:
             for j in range(n):
-                if counts[j] < caps[j]:
-                    counts[j] += 1
-                    more = fits(counts)
-                    counts[j] -= 1
-                    if more:
-                        return True  # not maximal
+                if counts[j] < caps[j] and fits.can_add(state, counts, j):
+                    return True  # not maximal
             if any(counts):
                 out.append(tuple(counts))
             return True
-        most = 0
-        while most < caps[i]:
-            counts[i] = most + 1
-            if not fits(counts):
+        states = [state]
+        while len(states) <= caps[i]:
+            grown = fits.add(states[-1], i)
+            if grown is None:
                 break
-            most += 1
+            states.append(grown)
+        most = len(states) - 1
+        if i == n - 1:
+            # below ``most`` pods of the last shape a leaf is not maximal (one more was just seen
+            # to fit): only the visits are counted, as if each had been looked at
+            counts[i] = most
+            if not rec(n, states[most]):
+                return False
+            counts[i] = 0
+            visited += most
+            return visited <= _PATTERN_BUDGET
         for c in range(most, -1, -1):
             counts[i] = c
-            if not rec(i + 1):
+            if not rec(i + 1, states[c]):
                 return False
         counts[i] = 0
         return True
 
-    if not rec(0) or len(out) > MAX_PATTERNS:
+    if not rec(0, fits.initial()) or len(out) > MAX_PATTERNS:
         return None
     return out
 

@@ -7,6 +7,9 @@ class; the model's per-node patterns rest on it, and the expansion then binds po
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,3 +92,36 @@ def test_patterns_are_maximal_and_bind(shares: list[int], whole: int, shapes: li
         for j in range(len(shapes)):
             more = tuple(c + (1 if k == j else 0) for k, c in enumerate(pattern))
             assert pattern[j] >= caps[j] or not _binds(cluster, shapes, more)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    shares=st.lists(st.sampled_from([250, 300, 500, 700]), max_size=5),
+    whole=st.integers(0, 5),
+    cpu=st.integers(8, 96),
+    shapes=SHAPES,
+    caps=st.lists(st.integers(0, 5), min_size=4, max_size=4),
+    shuffle=st.randoms(use_true_random=False),
+)
+def test_patterns_are_every_maximal_vector(shares: list[int], whole: int, cpu: int, shapes: list[PodRequest],
+                                           caps: list[int], shuffle: Any) -> None:
+    """Complete as well as sound: exactly the vectors within the caps that fit one node and take
+    no further pod, found by brute force over the grid, whatever order the shapes come in (the
+    enumeration extends a node pod by pod in binding order and reads maximality off its end state)."""
+    cluster = _node_with(shares, whole, cpu)
+    shapes = list(shapes)
+    shuffle.shuffle(shapes)
+    caps = caps[: len(shapes)]
+    fit = _NodeFit(_class_of(cluster), shapes, [GPU])
+    expected = set()
+    for counts in itertools.product(*(range(c + 1) for c in caps)):
+        if not any(counts) or not fit(counts):
+            continue
+        grown = (tuple(c + (k == j) for k, c in enumerate(counts)) for j in range(len(shapes)))
+        if all(g[j] > caps[j] or not fit(g) for j, g in enumerate(grown)):
+            expected.add(counts)
+    patterns = node_patterns(_class_of(cluster), shapes, caps, [GPU])
+    if patterns is None:  # over the enumeration's limits
+        assert len(expected) > 0
+        return
+    assert len(patterns) == len(set(patterns)) and set(patterns) == expected
