@@ -63,8 +63,9 @@ DETERMINISTIC_SHARE = 0.6
 building, expansion and backfill; the wall clock is capped at what is left of the cycle)."""
 
 DETERMINISTIC_UNITS_PER_SECOND = 0.2
-"""CP-SAT deterministic time units per wall second, measured on the benchmark machine for these
-models (a unit takes 3-5 s of wall time there); the deterministic limit is ``timeLimit`` x
+"""CP-SAT deterministic time units per wall second, with margin: on the benchmark machine a model
+that runs to its limit takes 1-2 s of wall time per unit (3-5 s with the 300-candidate window and
+cuts on), and the machine itself varies by up to 2x. The deterministic limit is ``timeLimit`` x
 DETERMINISTIC_SHARE x this, so that a cycle's result does not depend on machine load."""
 
 MIN_SOLVER_SHARE = 0.25
