@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, insort
-from operator import mul
+from operator import add, gt, mul
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -264,6 +264,10 @@ class _NodeFit:
                 self.plan.append((full, sorted(d for d in devs if 0 < d < DEVICE_MILLI), uses))
         self.order = order
         self._uses = [{i: (many, per) for i, many, per in uses} for _, _, uses in self.plan]
+        self._needs = [tuple(need[i] for need, _ in self.columns) for i in range(len(shapes))]
+        self._rooms = tuple(room for _, room in self.columns)
+        self._devices_of = [[(k, *uses[i]) for k, uses in enumerate(self._uses) if i in uses] for i in range(len(shapes))]
+        """Per shape: (accelerator position, devices, milli each) of the accelerators it uses."""
         # where whole-device pods all bind before any share (pods largest first: one accelerator),
         # one more whole-device pod fits iff the devices left fully free at the end can hold it
         self._whole_first = [
@@ -285,19 +289,12 @@ class _NodeFit:
         sums, pods, devs = state
         if self.pods_room is not None and pods + 1 > self.pods_room:
             return None
-        grown = []
-        for (need, room), v in zip(self.columns, sums):
-            v += need[i]
-            if v > room:
-                return None
-            grown.append(v)
+        grown = tuple(map(add, sums, self._needs[i]))
+        if any(map(gt, grown, self._rooms)):
+            return None
         out = list(devs)
-        for k, uses in enumerate(self._uses):
-            use = uses.get(i)
-            if use is None:
-                continue
+        for k, many, per in self._devices_of[i]:
             full, amounts = devs[k]
-            many, per = use
             if per == DEVICE_MILLI:
                 full -= many
                 if full < 0:
@@ -316,7 +313,7 @@ class _NodeFit:
                     at = bisect_left(amounts, left)
                     amounts = amounts[:at] + (left,) + amounts[at:]
             out[k] = (full, amounts)
-        return (tuple(grown), pods + 1, tuple(out))
+        return (grown, pods + 1, tuple(out))
 
     def can_add(self, state: _FillState, counts: list[int], j: int) -> bool:
         """Whether ``counts`` (whose bound state is ``state``) plus one pod of shape ``j`` fits,
@@ -328,19 +325,14 @@ class _NodeFit:
         sums, pods, devs = state
         if self.pods_room is not None and pods + 1 > self.pods_room:
             return False
-        for (need, room), v in zip(self.columns, sums):
-            if v + need[j] > room:
-                return False
-        for k, uses in enumerate(self._uses):
-            use = uses.get(j)
-            if use is None:
-                continue
+        if any(map(gt, map(add, sums, self._needs[j]), self._rooms)):
+            return False
+        for k, many, per in self._devices_of[j]:
             full, amounts = devs[k]
-            many, per = use
             if per == DEVICE_MILLI and self._whole_first[k]:
                 if full < many:
                     return False
-            elif per < DEVICE_MILLI and not any(counts[i] for i in uses if i > j):
+            elif per < DEVICE_MILLI and not any(counts[i] for i in self._uses[k] if i > j):
                 if full <= 0 and (not amounts or amounts[-1] < per):
                     return False
             else:
