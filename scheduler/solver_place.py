@@ -119,6 +119,11 @@ def quota_shortfall(snapshot: Snapshot, usage: object, cq: str, request: Mapping
     return None
 
 
+def _flavor_text(opt: PodSetOption) -> str:
+    """``h100`` or ``a100/cpu-pool``: the flavors an option uses, for reasons."""
+    return "/".join(sorted(set(opt.flavors.values())))
+
+
 class _StateIndex:
     """A set of nodes grouped by current `NodeInfo.state_id` (nodes in one state are interchangeable)."""
 
@@ -581,11 +586,6 @@ class Placer:
             if c not in out and lo <= c < hi:
                 out.append(c)
         return out
-
-
-def _flavor_text(opt: PodSetOption) -> str:
-    """``h100`` or ``a100/cpu-pool``: the flavors an option uses, for reasons."""
-    return "/".join(sorted(set(opt.flavors.values())))
 
 
 def greedy_cycle(
