@@ -32,8 +32,8 @@ Quota
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
-from operator import add, gt, mul
+from bisect import bisect_left
+from operator import add, gt
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -350,35 +350,13 @@ class _NodeFit:
         return got
 
     def _fits(self, counts: tuple[int, ...]) -> bool:
-        if self.pods_room is not None and sum(counts) > self.pods_room:
-            return False
-        for need, room in self.columns:
-            if sum(map(mul, counts, need)) > room:
-                return False
-        for full, partial, uses in self.plan:
-            amounts: list[int] | None = None
-            for i, many, per in uses:
-                n = counts[i]
-                if not n:
-                    continue
-                if per == DEVICE_MILLI:
-                    full -= many * n
-                    if full < 0:
-                        return False
-                    continue
-                if amounts is None:
-                    amounts = list(partial)
-                for _ in range(n):
-                    at = bisect_left(amounts, per)
-                    if at < len(amounts):
-                        left = amounts.pop(at) - per
-                    elif full > 0:
-                        full -= 1
-                        left = DEVICE_MILLI - per
-                    else:
-                        return False
-                    if left:
-                        insort(amounts, left)
+        """The pods bound one by one in binding order (`add`)."""
+        state: _FillState | None = self.initial()
+        for i in self.order:
+            for _ in range(counts[i]):
+                state = self.add(state, i)  # type: ignore[arg-type]
+                if state is None:
+                    return False
         return True
 
 
